@@ -1,0 +1,235 @@
+"""VIGOR reader, same-area and cross-area (SPEC §6).
+
+Layout::
+
+    ROOT/<City>/panorama/<prefix>,<lat>,<lon>,.jpg       2048×1024 panoramas
+    ROOT/<City>/satellite/satellite_<lat>_<lon>.png      640×640 tiles, ~0.114 m/px
+    ROOT/splits/<City>/satellite_list.txt                one tile name per line (the gallery of the city)
+    ROOT/splits/<City>/same_area_balanced_{train,test}.txt
+    ROOT/splits/<City>/pano_label_balanced.txt           (cross-area)
+    ROOT/meta.json                                       optional: {"metres_per_pixel": …} (synthetic data)
+
+Split rows: ``pano pos d0 d1 semi1 d0 d1 semi2 d0 d1 semi3 d0 d1`` (whitespace-separated).
+
+**Offset sign convention** (from the VIGOR reference code, ``evaluate_from_npy.py``: the predicted position is
+``centre − Lat_Lng(centre)·delta/320`` and the offset is drawn at column ``320 − delta[1]``, row
+``320 + delta[0]``): ``d0`` is the panorama's offset from the tile centre in pixel *rows* (positive =
+south of the centre), ``d1`` is minus its offset in pixel *columns* (positive = west of the centre). So
+
+    north_m = −d0 · metres_per_pixel,   east_m = −d1 · metres_per_pixel
+
+and ``offsets[q, j] = (north_m, east_m)`` is the panorama's position relative to the centre of tile j
+(j = 0 the positive, 1..3 the semi-positives). The panorama's true position is
+``geo.offset_latlon(*tile_centre, north_m, east_m)``. Writers of VIGOR-layout data (the synthetic world)
+must use :func:`pixel_delta` to produce ``(d0, d1)`` from a metric offset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._io import DirIndex, MalformedRowError, SplitFileNotFoundError, check_name, read_rows
+from .base import CrossViewSplit, missing_images
+
+logger = logging.getLogger(__name__)
+
+CITIES = ("Chicago", "NewYork", "SanFrancisco", "Seattle")
+CROSS_TRAIN = ("NewYork", "Seattle")
+CROSS_TEST = ("Chicago", "SanFrancisco")
+DEFAULT_METRES_PER_PIXEL = 0.114
+META_FILE = "meta.json"
+_ROW = "13 whitespace-separated fields: pano pos_sat d0 d1 semi1 d0 d1 semi2 d0 d1 semi3 d0 d1"
+
+
+def pixel_delta(north_m: np.ndarray, east_m: np.ndarray, metres_per_pixel: float) -> np.ndarray:
+    """Inverse of the reader's convention: metric offset of the panorama from a tile centre → (d0, d1) px."""
+    return np.stack([-np.asarray(north_m, np.float64) / metres_per_pixel,
+                     -np.asarray(east_m, np.float64) / metres_per_pixel], axis=-1)
+
+
+def offsets_from_delta(delta: np.ndarray, metres_per_pixel: float) -> np.ndarray:
+    """(…, 2) pixel (d0, d1) from a split file → (…, 2) (north_m, east_m); see the module docstring."""
+    return -np.asarray(delta, np.float64) * metres_per_pixel
+
+
+def parse_pano_name(name: str) -> tuple[float, float]:
+    """``<prefix>,<lat>,<lon>,.jpg`` → (lat, lon). Raises ValueError."""
+    parts = name.split(",")
+    if len(parts) < 4:
+        raise ValueError(name)
+    return float(parts[-3]), float(parts[-2])
+
+
+def parse_sat_name(name: str) -> tuple[float, float]:
+    """``satellite_<lat>_<lon>.png`` → (lat, lon). Raises ValueError."""
+    stem = os.path.splitext(name)[0]
+    parts = stem.split("_")
+    if len(parts) < 3:
+        raise ValueError(name)
+    return float(parts[-2]), float(parts[-1])
+
+
+def read_metres_per_pixel(root: Path) -> float:
+    """Ground resolution: ``meta.json``'s ``metres_per_pixel`` if present (synthetic data), else 0.114."""
+    meta = root / META_FILE
+    if not meta.is_file():
+        return DEFAULT_METRES_PER_PIXEL
+    try:
+        value = float(json.loads(meta.read_text())["metres_per_pixel"])
+    except KeyError:
+        return DEFAULT_METRES_PER_PIXEL
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{meta}: expected JSON with a positive number 'metres_per_pixel' ({exc})") from exc
+    if not value > 0:
+        raise ValueError(f"{meta}: metres_per_pixel must be > 0, got {value}")
+    return value
+
+
+def cities_for(name: str, split: str) -> tuple[tuple[str, ...], str]:
+    """Cities and split-file name of a (loader name, split)."""
+    if name == "vigor-same":
+        return CITIES, f"same_area_balanced_{split}.txt"
+    if name == "vigor-cross":
+        return (CROSS_TRAIN if split == "train" else CROSS_TEST), "pano_label_balanced.txt"
+    raise ValueError(f"unknown VIGOR variant {name!r}")
+
+
+def _read_label_file(path: Path) -> tuple[list[str], list[list[str]], np.ndarray, list[int]]:
+    """→ panos (Q,), sats (Q, 4) names, deltas f64 (Q, 4, 2), line numbers."""
+    rows = read_rows(path, "vigor", hint="the split files come in VIGOR's splits.zip (authors' GitHub "
+                     "Jeff-Zilence/VIGOR); unzip it into ROOT/splits/")
+    panos, sats, nums, lines = [], [], [], []
+    for i, line in rows:
+        t = line.split()
+        if len(t) != 13:
+            raise MalformedRowError(path, i, line, _ROW)
+        where = f"{path}:{i}"
+        panos.append(check_name(t[0], where))
+        sats.append([check_name(t[k], where) for k in (1, 4, 7, 10)])
+        nums.append((t[2], t[3], t[5], t[6], t[8], t[9], t[11], t[12]))
+        lines.append(i)
+    try:
+        deltas = np.array(nums, dtype=np.float64).reshape(-1, 4, 2)
+    except ValueError:
+        for (i, line), n in zip(rows, nums):  # locate the bad line (slow path, only on error)
+            try:
+                [float(x) for x in n]
+            except ValueError:
+                raise MalformedRowError(path, i, line, _ROW + " (offsets must be numbers)") from None
+        raise
+    if not np.all(np.isfinite(deltas)):
+        k = int(np.flatnonzero(~np.isfinite(deltas).reshape(len(rows), -1).all(axis=1))[0])
+        raise MalformedRowError(path, rows[k][0], rows[k][1], _ROW + " (finite offsets)")
+    return panos, sats, deltas, lines
+
+
+def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
+               metres_per_pixel: float | None = None) -> CrossViewSplit:
+    """Read a VIGOR split (``name`` = vigor-same | vigor-cross; ``split`` = train | test, val = test)."""
+    if split == "val":
+        logger.info("VIGOR has no validation split; 'val' reads the test split (as the reference does)")
+        split_file_split = "test"
+    elif split in ("train", "test"):
+        split_file_split = split
+    else:
+        raise ValueError(f"{name} has splits ['test', 'train'] ('val' = 'test'), got {split!r}")
+    mpp = float(metres_per_pixel) if metres_per_pixel is not None else read_metres_per_pixel(root)
+    cities, label_name = cities_for(name, split_file_split)
+    index = DirIndex()
+    skipped: dict = {}
+
+    # ---- gallery: every tile of the split's cities -------------------------------------------------
+    ref_paths: list[str] = []
+    ref_gps: list[tuple[float, float]] = []
+    tile_index: dict[tuple[str, str], int] = {}   # (city, name) -> reference index (existing tiles)
+    listed: set[tuple[str, str]] = set()
+    missing_tiles: list[str] = []
+    for city in cities:
+        lst_path = root / "splits" / city / "satellite_list.txt"
+        rows = read_rows(lst_path, "vigor", hint="unzip VIGOR's splits.zip into ROOT/splits/")
+        sat_dir = root / city / "satellite"
+        names = []
+        for i, line in rows:
+            nm = check_name(line.split()[0], f"{lst_path}:{i}")
+            try:
+                gps = parse_sat_name(nm)
+            except ValueError:
+                raise MalformedRowError(lst_path, i, line, "satellite_<lat>_<lon>.png") from None
+            names.append((nm, gps))
+        ok = index.exists_many(sat_dir, [n for n, _ in names])
+        base = str(sat_dir)
+        for (nm, gps), o in zip(names, ok):
+            listed.add((city, nm))
+            if o:
+                tile_index[(city, nm)] = len(ref_paths)
+                ref_paths.append(os.path.join(base, nm))
+                ref_gps.append(gps)
+            else:
+                missing_tiles.append(f"{city}/satellite/{nm}")
+    missing_images(skipped, "missing_reference_images", missing_tiles, strict, name, root)
+
+    # ---- queries ---------------------------------------------------------------------------------
+    q_paths: list[str] = []
+    q_gps: list[tuple[float, float]] = []
+    pos: list[int] = []
+    semi: list[list[int]] = []
+    offs: list[np.ndarray] = []
+    missing_panos: list[str] = []
+    lost_positive = 0
+    lost_semi = 0
+    for city in cities:
+        lbl = root / "splits" / city / label_name
+        panos, sats, deltas, lines = _read_label_file(lbl)
+        pano_dir = root / city / "panorama"
+        ok = index.exists_many(pano_dir, panos)
+        base = str(pano_dir)
+        for k, (pano, four, ln) in enumerate(zip(panos, sats, lines)):
+            for s in four:
+                if (city, s) not in listed:
+                    raise MalformedRowError(lbl, ln, " ".join([pano] + four), f"tiles listed in "
+                                            f"splits/{city}/satellite_list.txt (unknown tile {s!r})")
+            try:
+                gps = parse_pano_name(pano)
+            except ValueError:
+                raise MalformedRowError(lbl, ln, pano, "a panorama named <prefix>,<lat>,<lon>,.jpg") from None
+            if not ok[k]:
+                missing_panos.append(f"{city}/panorama/{pano}")
+                continue
+            p = tile_index.get((city, four[0]))
+            if p is None:
+                lost_positive += 1
+                continue
+            sp = [tile_index.get((city, s), -1) for s in four[1:]]
+            lost_semi += sum(1 for x in sp if x < 0)
+            q_paths.append(os.path.join(base, pano))
+            q_gps.append(gps)
+            pos.append(p)
+            semi.append(sp)
+            offs.append(deltas[k])
+    missing_images(skipped, "missing_query_images", missing_panos, strict, name, root)
+    if lost_positive:
+        skipped["positive_tile_missing"] = lost_positive
+    if lost_semi:
+        skipped["semi_positive_tile_missing"] = lost_semi
+
+    q = len(q_paths)
+    delta = np.asarray(offs, np.float64).reshape(q, 4, 2)
+    return CrossViewSplit(
+        name=name, root=str(root), split=split,
+        queries=q_paths, references=ref_paths,
+        query_gps=np.asarray(q_gps, np.float64).reshape(q, 2),
+        reference_gps=np.asarray(ref_gps, np.float64).reshape(len(ref_paths), 2),
+        positive=np.asarray(pos, np.int64),
+        semi_positives=np.asarray(semi, np.int64).reshape(q, 3),
+        offsets=offsets_from_delta(delta, mpp),
+        skipped=skipped, metres_per_pixel=mpp,
+    )
+
+
+__all__ = ["load_vigor", "pixel_delta", "offsets_from_delta", "parse_pano_name", "parse_sat_name",
+           "read_metres_per_pixel", "CITIES", "CROSS_TRAIN", "CROSS_TEST", "SplitFileNotFoundError"]
