@@ -1,0 +1,403 @@
+"""Typed training configuration: dataclasses, YAML presets, CLI overrides of any field.
+
+Resolution order (timm ``train.py`` style): dataclass defaults → preset YAML (``--preset NAME`` from
+``s4g_train/presets/`` or ``--config FILE``) → ``--set section.field=value`` / ``--section.field value``
+overrides. The resolved config is written to ``<run_dir>/config.yaml`` by the trainer, and stored in every
+checkpoint, so a run can be rebuilt from its folder alone.
+
+Values given on the command line are parsed as YAML scalars (``3e-4`` → float, ``[64, 256]`` → list,
+``null`` → None, ``true`` → bool) and then coerced to the field's declared type; a wrong type or an unknown
+field raises ``ValueError`` naming the field, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s4g_train.model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+DATASETS = ("cvusa", "cvact", "vigor-same", "vigor-cross", "university-d2s", "university-s2d")
+STRATEGIES = ("random", "gps", "dss", "gps+dss")
+LOSSES = ("infonce", "street2sat", "sat2street", "triplet", "soft_triplet")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class AugConfig:
+    """SPEC §5 training augmentation (evaluation uses resize + normalise only)."""
+
+    flip_p: float = 0.5  # flip BOTH views horizontally
+    rotate_p: float = 0.75  # rotate tile by r·90° (r∈{1,2,3}) and roll the panorama by −r·W/4 columns
+    photometric: bool = True  # JPEG 90–100, colour jitter 0.15, blur/sharpen, grid/coarse dropout per view
+    jitter: float = 0.15
+    dropout_p: float = 0.25  # probability of grid- or coarse-dropout per view
+
+
+@dataclass
+class SynthConfig:
+    """Parameters of the synthetic world (only used when ``data.synthetic`` is true)."""
+
+    layout: str = "cvusa"
+    pairs: int = 2000
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for generate_dataset
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cvusa"  # one of DATASETS
+    root: str = "data/CVUSA"  # dataset root; for synthetic data the cache folder's parent
+    synthetic: bool = False  # generate (or reuse) the synthetic world under ``root`` instead of reading real data
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train_split: str = "train"
+    eval_split: str = "test"
+    strict: bool = False  # load_split(strict=...)
+    max_train: int | None = None  # use only the first N training pairs (smoke runs)
+    max_eval: int | None = None  # use only the first N evaluation queries (smoke runs)
+    cache_images: bool = False  # decode every image once at the network size and keep it in RAM
+    draft: bool = True  # JPEG draft-mode decoding at reduced size
+    num_workers: int = 0
+    aug: AugConfig = field(default_factory=AugConfig)
+    resolved_root: str | None = None  # set by the trainer: the folder actually read (synthetic: generated one)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine to ``min_lr_ratio``·lr, stepped per iteration
+    min_lr_ratio: float = 0.0
+    clip_value: float | None = 100.0  # clip gradients by value (None = off)
+
+
+@dataclass
+class SamplingConfig:
+    strategy: str = "gps+dss"  # random | gps | dss | gps+dss (SPEC §4)
+    k: int = 64  # neighbours taken per anchor (k/2 nearest + k/2 random from ranks k/2…K−1)
+    K: int = 128  # neighbour pool size
+    dss_every: int = 4  # refresh DSS lists after every n-th epoch
+    dss_start_epoch: int = 4  # the first refresh happens after this epoch … (reference: 4)
+    dss_start_r1: float | None = None  # … or (if set) once training-set R@1 (%) measured at a refresh check ≥ this
+    dss_mining_size: int | None = None  # queries used for the R@1 criterion (None = all)
+    gps_metric: str = "auto"  # haversine | euclidean (UTM, CVACT) | auto
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    runs_dir: str = "runs"
+    epochs: int = 40
+    batch_size: int = 128  # GLOBAL batch (pairs), split across DDP ranks
+    loss: str = "infonce"
+    label_smoothing: float = 0.1
+    seed: int = 1
+    amp: str = "auto"  # auto: fp16+GradScaler on CUDA, bf16 on CPUs with native bf16, else off
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch intra-op threads (None = leave as is)
+    time_budget_min: float | None = None  # stop gracefully so that training + final evaluation fit
+    stop_after_epochs: int | None = None  # stop (as if killed) after this many epochs; resume continues
+    save_every_steps: int | None = None  # also checkpoint inside an epoch every N steps
+    steps_per_epoch: int | None = None  # cap the number of batches per epoch (smoke runs)
+    final_eval: bool = True  # evaluate the best checkpoint on ``data.eval_split`` at the end
+    compile: bool = False  # torch.compile the backbone
+    channels_last: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 4  # evaluate every n epochs (and after the last)
+    batch_size: int = 128
+    split: str | None = None  # None = data.eval_split
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        apply_dict(cfg, d)
+        validate(cfg)
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML-parsed value to the annotated type ``tp`` (or raise ValueError)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{where}: cannot be {value!r}")
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list of {len(args)} values like [64, 256], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ValueError(f"{where}: unsupported field type {tp!r}")
+
+
+def apply_dict(obj: Any, d: dict[str, Any], prefix: str = "") -> None:
+    """Recursively set the fields of dataclass ``obj`` from mapping ``d`` (unknown keys → ValueError)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__} {d!r}")
+    hints = _field_types(obj)
+    for key, value in d.items():
+        where = f"{prefix}{key}"
+        if key not in hints:
+            raise ValueError(
+                f"unknown config field {where!r}; known fields here: {sorted(hints)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, prefix=f"{where}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def set_override(cfg: Config, dotted: str, raw: str) -> None:
+    """Apply one override ``section.field[.sub]=raw`` (raw parsed as a YAML scalar)."""
+    parts = dotted.split(".")
+    if len(parts) < 2:
+        raise ValueError(f"override {dotted!r}: expected section.field=value, e.g. optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {dotted}={raw!r}: not a valid YAML value ({exc})") from exc
+    nested: Any = value
+    for p in reversed(parts[1:]):
+        nested = {p: nested}
+    apply_dict(cfg, {parts[0]: nested})
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+    with open(p, encoding="utf-8") as f:
+        try:
+            d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
+    return d
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.is_file():
+        raise ValueError(f"unknown preset {name!r}; available presets: {preset_names()}")
+    return p
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[tuple[str, str]] | None = None,
+) -> Config:
+    """Defaults → preset → config file → overrides, validated."""
+    cfg = Config()
+    if preset is not None:
+        apply_dict(cfg, load_yaml(preset_path(preset)))
+    if config_file is not None:
+        apply_dict(cfg, load_yaml(config_file))
+    for dotted, raw in overrides or []:
+        set_override(cfg, dotted, raw)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with messages that say how to fix the value."""
+    def bad(msg: str) -> None:
+        raise ValueError(msg)
+
+    if cfg.data.dataset not in DATASETS:
+        bad(f"data.dataset={cfg.data.dataset!r}: expected one of {DATASETS}")
+    if cfg.sampling.strategy not in STRATEGIES:
+        bad(f"sampling.strategy={cfg.sampling.strategy!r}: expected one of {STRATEGIES}")
+    if cfg.train.loss not in LOSSES:
+        bad(f"train.loss={cfg.train.loss!r}: expected one of {LOSSES}")
+    if cfg.train.amp not in AMP_MODES:
+        bad(f"train.amp={cfg.train.amp!r}: expected one of {AMP_MODES}")
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        bad(f"train.device={cfg.train.device!r}: expected auto, cpu or cuda")
+    s = cfg.sampling
+    if s.K < 1 or s.k < 0 or s.k > s.K:
+        bad(f"sampling.k={s.k}, sampling.K={s.K}: need 0 ≤ k ≤ K and K ≥ 1 (paper: k=64, K=128)")
+    if s.k % 2:
+        bad(f"sampling.k={s.k}: must be even (k/2 nearest + k/2 random neighbours)")
+    if s.dss_every < 1:
+        bad(f"sampling.dss_every={s.dss_every}: must be ≥ 1")
+    if s.gps_metric not in ("auto", "haversine", "euclidean"):
+        bad(f"sampling.gps_metric={s.gps_metric!r}: expected auto, haversine or euclidean")
+    t = cfg.train
+    if t.epochs < 1:
+        bad(f"train.epochs={t.epochs}: must be ≥ 1")
+    if t.batch_size < 2:
+        bad(f"train.batch_size={t.batch_size}: need at least 2 pairs (in-batch negatives)")
+    if s.strategy != "random" and s.k >= t.batch_size:
+        bad(f"sampling.k={s.k} must be smaller than train.batch_size={t.batch_size} (the anchor and its k "
+            "neighbours share one batch); lower sampling.k")
+    if t.time_budget_min is not None and t.time_budget_min <= 0:
+        bad(f"train.time_budget_min={t.time_budget_min}: must be > 0 (or null for no budget)")
+    if cfg.optim.lr <= 0:
+        bad(f"optim.lr={cfg.optim.lr}: must be > 0")
+    if cfg.optim.warmup_epochs < 0:
+        bad(f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be ≥ 0")
+    if not 0.0 <= cfg.train.label_smoothing < 1.0:
+        bad(f"train.label_smoothing={cfg.train.label_smoothing}: must be in [0, 1)")
+    if cfg.eval.every < 1:
+        bad(f"eval.every={cfg.eval.every}: must be ≥ 1")
+    for name, size in (("model.ground_size", cfg.model.ground_size), ("model.aerial_size", cfg.model.aerial_size)):
+        if len(size) != 2 or min(size) < 8:
+            bad(f"{name}={list(size)}: expected [H, W] with both ≥ 8")
+    a = cfg.data.aug
+    for name, p in (("data.aug.flip_p", a.flip_p), ("data.aug.rotate_p", a.rotate_p), ("data.aug.dropout_p", a.dropout_p)):
+        if not 0.0 <= p <= 1.0:
+            bad(f"{name}={p}: must be a probability in [0, 1]")
+    if cfg.model.polar_aerial and a.rotate_p > 0 and cfg.model.aerial_size[1] % 4:
+        bad(f"model.aerial_size={list(cfg.model.aerial_size)}: polar width must be divisible by 4 for rot90↔roll")
+    if a.rotate_p > 0 and cfg.model.ground_size[1] % 4:
+        bad(f"model.ground_size={list(cfg.model.ground_size)}: panorama width must be divisible by 4 so that "
+            "rot90 of the tile matches a roll of W/4 columns; pick a width like 256 or 768")
+
+
+def save_yaml(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Pull ``--set a.b=v`` and dotted flags ``--a.b v`` / ``--a.b=v`` out of argv.
+
+    Returns (remaining argv for argparse, [(dotted, raw), ...]) in command-line order.
+    """
+    rest: list[str] = []
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--set":
+            if i + 1 >= len(argv) or "=" not in argv[i + 1]:
+                raise ValueError("--set expects section.field=value, e.g. --set optim.lr=3e-4")
+            k, v = argv[i + 1].split("=", 1)
+            overrides.append((k, v))
+            i += 2
+            continue
+        if a.startswith("--set="):
+            k, v = a[len("--set="):].split("=", 1)
+            overrides.append((k, v))
+            i += 1
+            continue
+        if a.startswith("--") and "." in a.split("=", 1)[0] and a[2:3].isalpha():
+            key = a[2:]
+            if "=" in key:
+                k, v = key.split("=", 1)
+                i += 1
+            else:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{a}: missing value")
+                k, v = key, argv[i + 1]
+                i += 2
+            overrides.append((k.replace("-", "_"), v))
+            continue
+        rest.append(a)
+        i += 1
+    return rest, overrides

@@ -1,0 +1,221 @@
+"""Evaluation: embed both views of a split, compute SPEC §7 metrics, ``s4g-eval`` CLI.
+
+:func:`evaluate_split` is backend-agnostic: it takes two functions ``paths -> float32 (n, D)`` embeddings
+(torch here; an exported ONNX bundle can plug in its own) and never builds a Q×N matrix (the metrics go
+through the core's streaming ``positive_ranks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from s4g_train.data import ImageStore, ViewDataset
+from s4g_train.model import S4GModel
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+METRIC_KEYS = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "AP")
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def embed_dataset(model: S4GModel, dataset: Any, *, batch_size: int = 128, device: torch.device | str = "cpu",
+                  amp_dtype: torch.dtype | None = None, num_workers: int = 0, desc: str = "embed",
+                  progress: bool = True) -> np.ndarray:
+    """Embed every item of a :class:`ViewDataset` in eval mode → float32 ``(len(dataset), D)`` (L2-normalised)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = np.empty((len(dataset), model.embed_dim), np.float32)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    try:
+        for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0):
+            x = x.to(device, non_blocking=True)
+            if device.type == "cpu" or device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, amp_dtype):
+                e = model.embed(x)
+            out[idx.numpy()] = e.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def torch_embed_fns(model: S4GModel, *, mean: Sequence[float], std: Sequence[float], batch_size: int = 128,
+                    device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+                    num_workers: int = 0, draft: bool = True, progress: bool = True,
+                    stores: dict[str, ImageStore] | None = None) -> tuple[EmbedFn, EmbedFn]:
+    """(embed_ground, embed_aerial) functions for :func:`evaluate_split` backed by a torch model."""
+    cfg = model.cfg
+
+    def make(size: tuple[int, int], polar: bool, desc: str) -> EmbedFn:
+        def fn(paths: Sequence[str]) -> np.ndarray:
+            store = (stores or {}).get(desc)
+            if store is not None and store.paths != list(paths):
+                store = None
+            ds = ViewDataset(paths, size, mean=mean, std=std, polar=polar, draft=draft, store=store)
+            return embed_dataset(model, ds, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
+                                 num_workers=num_workers, desc=f"embed {desc}", progress=progress)
+        return fn
+
+    return make(tuple(cfg.ground_size), False, "ground"), make(tuple(cfg.aerial_size), cfg.polar_aerial, "aerial")
+
+
+def subset_split(split: Any, max_queries: int | None) -> Any:
+    """The first ``max_queries`` queries of a split (references unchanged), for quick evaluations."""
+    import dataclasses
+
+    if max_queries is None or max_queries >= len(split.queries):
+        return split
+    n, q = int(max_queries), len(split.queries)
+    kw = {}
+    for f in dataclasses.fields(split):
+        v = getattr(split, f.name)
+        if f.name in ("queries", "query_gps", "positive", "semi_positives", "offsets", "query_classes") \
+                and v is not None and len(v) == q:
+            v = v[:n]
+        kw[f.name] = v
+    return type(split)(**kw)
+
+
+def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: Any, *,
+                   max_queries: int | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Embed queries and references of ``split`` and compute the paper's metrics (percent).
+
+    Returns ``(metrics, query_emb (Q, D), ref_emb (N, D))``. Metrics: R@1/5/10/1% (+ ``hit_rate`` when the
+    split has semi-positives, VIGOR metre errors when it has offsets, AP for University-1652).
+    """
+    from s4g_engine import metrics as M
+
+    split = subset_split(split, max_queries)
+    t0 = time.perf_counter()
+    q = np.ascontiguousarray(embed_ground_fn(split.queries), np.float32)
+    r = np.ascontiguousarray(embed_aerial_fn(split.references), np.float32)
+    t_embed = time.perf_counter() - t0
+    semi = split.semi_positives if split.semi_positives.size else None
+    if split.query_classes is not None and split.reference_classes is not None and hasattr(M, "average_precision"):
+        res = dict(M.retrieval_metrics(q, r, split.positive, semi))
+        res["AP"] = float(M.average_precision(q, r, split.query_classes, split.reference_classes))
+    else:
+        res = dict(M.retrieval_metrics(q, r, split.positive, semi))
+    if split.offsets.size and hasattr(M, "metre_errors"):
+        try:
+            res.update({f"err_{k}": float(v) for k, v in M.metre_errors(q, r, split).items()})
+        except TypeError:  # the metrics module's signature differs: skip the extra, keep the paper's metrics
+            log.debug("metre_errors signature mismatch; skipped")
+    res = {k: float(v) for k, v in res.items()}
+    res["queries"] = float(len(split.queries))
+    res["references"] = float(len(split.references))
+    res["embed_s"] = round(t_embed, 3)
+    return res, q, r
+
+
+def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] = ("R@1", "R@5", "R@10", "R@1%")) -> str:
+    """A markdown table: one row per name, columns = keys present in any row."""
+    extra = [k for k in ("hit_rate", "AP") if any(k in v for v in rows.values())]
+    cols = list(keys) + extra
+    lines = ["| " + " | ".join(["model"] + cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, m in rows.items():
+        cells = [f"{m[c]:.2f}" if c in m and m[c] is not None else "" for c in cols]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, p)
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``s4g-eval CHECKPOINT [--dataset D --root DIR --split S] [--out JSON] [--save-embeddings DIR]``."""
+    from s4g_engine.datasets import load_split
+
+    from s4g_train.checkpoint import load_model
+    from s4g_train.trainer import pick_amp, pick_device
+
+    p = argparse.ArgumentParser(prog="s4g-eval", description="Evaluate a checkpoint on a dataset split.")
+    p.add_argument("checkpoint", help="our checkpoint (runs/<name>/checkpoints/best.pt) or a reference .pth")
+    p.add_argument("--dataset", help="cvusa | cvact | vigor-same | vigor-cross | university-d2s | university-s2d "
+                                     "(default: the checkpoint's training dataset)")
+    p.add_argument("--root", help="dataset root (default: the checkpoint's)")
+    p.add_argument("--split", default=None, help="train | val | test (default: the checkpoint's eval split)")
+    p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--out", default=None, help="write metrics JSON here (default: <checkpoint>.eval-<split>.json)")
+    p.add_argument("--save-embeddings", metavar="DIR", default=None,
+                   help="write query_emb.npy, ref_emb.npy, positive.npy (+ semi_positives.npy) to DIR")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    model, info = load_model(args.checkpoint, backbone=args.backbone)
+    data_cfg = (info.get("config") or {}).get("data", {})
+    dataset = args.dataset or data_cfg.get("dataset")
+    root = args.root or data_cfg.get("resolved_root") or data_cfg.get("root")
+    split_name = args.split or data_cfg.get("eval_split") or "test"
+    if not dataset or not root:
+        print("s4g-eval: the checkpoint does not name its dataset; pass --dataset and --root", file=sys.stderr)
+        return 2
+    split = load_split(dataset, root, split_name)
+    device = pick_device(args.device)
+    amp_dtype, _ = pick_amp(args.amp, device)
+    model.to(device)
+    dc = model.data_config()
+    eg, ea = torch_embed_fns(model, mean=dc["mean"], std=dc["std"], batch_size=args.batch_size, device=device,
+                             amp_dtype=amp_dtype, num_workers=args.workers)
+    res, q, r = evaluate_split(eg, ea, split, max_queries=args.max_queries)
+    name = f"{Path(args.checkpoint).name} on {dataset}/{split_name}"
+    print(format_table({name: res}))
+    out = args.out or f"{args.checkpoint}.eval-{dataset}-{split_name}.json"
+    write_json(out, {"checkpoint": str(args.checkpoint), "dataset": dataset, "root": str(root),
+                     "split": split_name, "metrics": res, "epoch": info.get("epoch")})
+    print(f"metrics written to {out}")
+    if args.save_embeddings:
+        d = Path(args.save_embeddings)
+        d.mkdir(parents=True, exist_ok=True)
+        sub = subset_split(split, args.max_queries)
+        save_npy(d / "query_emb.npy", q)
+        save_npy(d / "ref_emb.npy", r)
+        save_npy(d / "positive.npy", np.asarray(sub.positive, np.int64))
+        if sub.semi_positives.size:
+            save_npy(d / "semi_positives.npy", np.asarray(sub.semi_positives, np.int64))
+        print(f"embeddings written to {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

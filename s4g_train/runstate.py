@@ -1,0 +1,195 @@
+"""Pieces of a training run that are not the loop itself: LR schedule, RNG state capture, the metrics log,
+batch-hardness statistics and data preparation (including generating / reusing the synthetic world)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class CosineWarmup:
+    """Linear warm-up for ``warmup`` steps, then cosine from ``base_lr`` to ``min_ratio·base_lr`` at ``total``.
+
+    Stepped once per iteration. Hand-written rather than ``LambdaLR`` so that ``total`` can be shortened
+    mid-run (time-budgeted runs) and the whole state is two integers in the checkpoint.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, base_lr: float, warmup: int, total: int,
+                 min_ratio: float = 0.0) -> None:
+        self.opt, self.base_lr, self.warmup, self.total, self.min_ratio = opt, base_lr, int(warmup), int(total), min_ratio
+        self.last_step = 0
+        self._apply()
+
+    def lr(self, step: int | None = None) -> float:
+        s = self.last_step if step is None else step
+        if s < self.warmup:
+            return self.base_lr * (s + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        t = min(1.0, (s - self.warmup) / span)
+        return self.base_lr * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def _apply(self) -> None:
+        lr = self.lr()
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "total": self.total, "warmup": self.warmup}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.last_step, self.total, self.warmup = int(d["last_step"]), int(d["total"]), int(d["warmup"])
+        self._apply()
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+def get_rng_state(gen: np.random.Generator) -> dict[str, Any]:
+    """Python, NumPy (global + the sampler's Generator) and torch RNG states in a weights_only-safe form."""
+    np_state = np.random.get_state()
+    st: dict[str, Any] = {
+        "python": json.dumps(random.getstate()),
+        "numpy_global": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                         int(np_state[3]), float(np_state[4])],
+        # 128-bit PCG64 integers do not fit any tensor dtype: store the state as JSON text.
+        "sampler": json.dumps(gen.bit_generator.state),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any], gen: np.random.Generator) -> None:
+    py = json.loads(st["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = st["numpy_global"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    gen.bit_generator.state = json.loads(st["sampler"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ metrics log
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line, flushed) + TensorBoard scalars when installed."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.f = open(path, "a", encoding="utf-8") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tb"))
+            except Exception:  # tensorboard not installed: the jsonl file is the log
+                self.tb = None
+
+    def write(self, event: str, **rec: Any) -> None:
+        if not self.enabled or self.f is None:
+            return
+        rec = {"event": event, **rec, "wall_time": round(time.time(), 3)}
+        self.f.write(json.dumps(rec, default=float) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            step = int(rec.get("epoch", 0))
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "wall_time"):
+                    self.tb.add_scalar(f"{event}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+# ------------------------------------------------------------------------------------------ hardness
+def batch_gps_m(split: Any, batches: np.ndarray) -> float | None:
+    """Mean distance (m) from each batch member to its nearest other member: low = geographically hard."""
+    from s4g_train.sampling import batch_hardness
+
+    gps = np.where(np.isfinite(split.query_gps), split.query_gps, split.reference_gps[split.positive])
+    if not np.isfinite(gps).any() or len(batches) == 0:
+        return None
+    v = batch_hardness(list(batches), gps=gps).get("hardness_gps_m")
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def train_r1(q: np.ndarray, r: np.ndarray, pos: np.ndarray) -> float:
+    from s4g_engine.metrics import retrieval_metrics
+
+    return float(retrieval_metrics(q, r, pos)["R@1"])
+
+
+# ------------------------------------------------------------------------------------------ data
+def synth_dir(cfg: Any) -> Path:
+    """``<data.root>/<key>``: the key changes whenever a generator parameter changes."""
+    s = cfg.data.synth
+    params = {"layout": s.layout, "pairs": s.pairs, "seed": s.seed, "options": s.options}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.data.root) / f"{s.layout}-p{s.pairs}-s{s.seed}-{digest}"
+
+
+def ensure_synthetic(cfg: Any) -> Path:
+    """Generate the synthetic world once (into a temp folder, then renamed) or reuse it."""
+    out = synth_dir(cfg)
+    if (out / ".s4g-complete").is_file():
+        log.info("reusing synthetic world %s", out)
+        return out
+    from s4g_engine.synth import generate_dataset
+
+    s = cfg.data.synth
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    t0 = time.perf_counter()
+    log.info("generating the synthetic world (%s layout, %d pairs, seed %d) in %s", s.layout, s.pairs, s.seed, out)
+    try:
+        generate_dataset(s.layout, tmp, pairs=s.pairs, seed=s.seed, **s.options)
+        (tmp / ".s4g-complete").write_text(json.dumps({"pairs": s.pairs, "seed": s.seed,
+                                                        "seconds": time.perf_counter() - t0}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("synthetic world generated in %.1fs", time.perf_counter() - t0)
+    return out
+
+
+def prepare_data(cfg: Any, main: bool, barrier: Callable[[], None] | None = None) -> tuple[Any, Any, str]:
+    """(train split, eval split, resolved root). Synthetic data is generated by rank 0 only."""
+    from s4g_engine.datasets import load_split
+
+    if cfg.data.synthetic:
+        if main:
+            root = ensure_synthetic(cfg)
+        if barrier is not None:
+            barrier()
+        root = synth_dir(cfg)
+    else:
+        root = Path(cfg.data.root)
+    train = load_split(cfg.data.dataset, str(root), cfg.data.train_split, strict=cfg.data.strict)
+    ev = load_split(cfg.data.dataset, str(root), cfg.eval.split or cfg.data.eval_split, strict=cfg.data.strict)
+    return train, ev, str(root)
