@@ -1,0 +1,372 @@
+"""``s4g-export``: a checkpoint → a self-describing model bundle folder for the torch-free engine.
+
+``s4g-export CHECKPOINT --out models/NAME [--fp16] [--weights fp16] [--with-features]
+[--tensorrt [--int8 --calib-split ...]] [--opset 17]`` writes
+
+* ``ground.onnx``, ``aerial.onnx`` — one graph per view: input ``image`` float32 ``(B, 3, H, W)`` with a dynamic
+  batch axis and the view's fixed size; output ``embedding`` float32 ``(B, D)``, L2-normalised inside the graph;
+  with ``--with-features`` also ``features`` ``(B, C, h, w)`` (the last feature map, for s4g-viz). Each is a
+  single self-contained file (no ``.onnx.data``).
+* ``*.fp16.onnx`` (``--fp16``) — computes in float16 (for GPUs), float32 in and out.
+* ``config.json`` — data contract per view (input size, mean/std, interpolation, RGB, NCHW, polar), embed dim,
+  backbone, sha256 per file, model fingerprint, parity figures and provenance (checkpoint, dataset, command,
+  metrics).
+* ``tensorrt/<gpu>-trt<version>/<view>.engine`` (``--tensorrt``) — see :mod:`s4g_train.tensorrt_build`.
+
+Every graph is checked against the eager model on random inputs (batch 1 and 3) and the export fails if the
+cosine drops below 0.9999 (fp32) / 0.999 (fp16). The folder is assembled in a temporary directory beside
+``--out`` and renamed into place, so a failed export never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s4g_train.model import ModelConfig, S4GModel
+
+log = logging.getLogger(__name__)
+
+PARITY_FP32 = 0.9999
+PARITY_FP16 = 0.999
+MIN_OPSET = 17
+BUNDLE_FORMAT = "s4g-bundle"  # must equal s4g_engine.localiser.BUNDLE_FORMAT
+BUNDLE_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the eager model (or could not be exported)."""
+
+
+class EmbedGraph(nn.Module):
+    """What goes into the ONNX graph: backbone → pooled features → L2-normalise (+ optional feature map).
+
+    ``half``: run the backbone in float16 (input cast inside the graph; outputs are float32).
+    """
+
+    def __init__(self, model: S4GModel, *, half: bool = False, with_features: bool = False) -> None:
+        super().__init__()
+        self.backbone = model.model
+        self.half = half
+        self.with_features = with_features
+
+    def forward(self, image: torch.Tensor) -> Any:
+        x = image.half() if self.half else image
+        if self.with_features:
+            feats = self.backbone.forward_features(x)
+            pooled = self.backbone.forward_head(feats, pre_logits=True)
+            emb = F.normalize(pooled.float(), dim=-1)
+            return emb, feats.float()
+        return F.normalize(self.backbone(x).float(), dim=-1)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_fingerprint(embed_dim: int, shas: Sequence[str]) -> str:
+    """The model identity an index is tied to: sha256 over the embed dim and the fp32 view graphs' sha256."""
+    return hashlib.sha256(("s4g|%d|" % embed_dim + "|".join(shas)).encode()).hexdigest()
+
+
+def _export_onnx(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int, outputs: list[str]) -> None:
+    """One single-file ONNX graph with a dynamic batch axis.
+
+    We use the TorchScript-based exporter (``dynamo=False``): it writes the weights into the one file and is
+    proven on timm ConvNeXt (FACTS); the dynamo exporter is the fallback (told to embed its weights).
+    """
+    axes = {"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (dummy,), str(path), input_names=["image"], output_names=outputs,
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - fall back to the other exporter, report both if it fails too
+        log.warning("TorchScript exporter failed (%s); trying the dynamo exporter", exc)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        prog = torch.onnx.export(module, (dummy,), None, input_names=["image"], output_names=outputs,
+                                 dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True)
+        prog.save(str(path), external_data=False)
+
+
+def _fp16_weights(path: Path) -> None:
+    """Store the float32 initializers of ``path`` as float16 + a ``Cast`` back to float32 (halves the file).
+
+    Compute stays float32 (ONNX Runtime folds the casts at load time), so speed is unchanged; only weight
+    rounding changes the output. Hand-written because onnxconverter-common is not a dependency.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    new_inits, casts = [], []
+    for init in g.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= 1024:
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            new_inits.append(numpy_helper.from_array(arr, init.name + "__fp16"))
+            casts.append(helper.make_node("Cast", [init.name + "__fp16"], [init.name], to=onnx.TensorProto.FLOAT,
+                                          name=init.name + "__cast"))
+        else:
+            new_inits.append(init)
+    del g.initializer[:]
+    g.initializer.extend(new_inits)
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def parity(model: S4GModel, path: Path, size: tuple[int, int], *, threshold: float, with_features: bool,
+           seed: int = 0) -> dict[str, float]:
+    """Compare the ONNX graph with the eager fp32 model on random inputs (batch 1 and 3).
+
+    Returns ``{"min_cosine", "max_abs_features"}``; raises :class:`ExportError` below ``threshold``.
+    """
+    sess = _ort_session(path)
+    g = torch.Generator().manual_seed(seed)
+    worst, feat_err = 1.0, 0.0
+    for b in (1, 3):
+        x = torch.randn(b, 3, size[0], size[1], generator=g)
+        with torch.no_grad():
+            ref = model.embed(x).double().numpy()
+            ref_f = model.forward_features(x).double().numpy() if with_features else None
+        outs = sess.run(None, {"image": x.numpy()})
+        emb = outs[0].astype(np.float64)
+        if emb.shape != ref.shape:
+            raise ExportError(f"{path.name}: ONNX output {emb.shape} ≠ eager {ref.shape} at batch {b}")
+        cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+        worst = min(worst, float(cos.min()))
+        if ref_f is not None:
+            scale = float(np.abs(ref_f).max()) or 1.0
+            feat_err = max(feat_err, float(np.abs(outs[1] - ref_f).max()) / scale)
+    if not worst >= threshold:
+        raise ExportError(f"{path.name}: ONNX embedding cosine vs eager is {worst:.6f} < {threshold} — the export "
+                          "is not faithful (try another --opset, or fp32 weights)")
+    return {"min_cosine": worst, "max_rel_features": feat_err}
+
+
+def _view_contract(model: S4GModel, view: str, interpolation: str) -> dict[str, Any]:
+    cfg: ModelConfig = model.cfg
+    dc = model.data_config()
+    size = list(cfg.ground_size if view == "ground" else cfg.aerial_size)
+    polar = None
+    if view == "aerial" and cfg.polar_aerial:
+        try:
+            from s4g_train.data import polar_source_size
+
+            src = list(polar_source_size(tuple(size)))
+        except ImportError:
+            src = [2 * size[0], 2 * size[0]]
+        polar = {"height": size[0], "width": size[1], "source_size": src}
+    return {"input_size": size, "mean": dc["mean"], "std": dc["std"], "interpolation": interpolation,
+            "channel_order": "RGB", "layout": "NCHW", "polar": polar, "input_name": "image"}
+
+
+def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = False, weights: str = "fp32",
+                  with_features: bool = False, opset: int = MIN_OPSET, interpolation: str = "bilinear",
+                  provenance: dict[str, Any] | None = None, tensorrt: dict[str, Any] | None = None,
+                  name: str | None = None) -> dict[str, Any]:
+    """Export ``model`` to the bundle folder ``out`` (atomically replaced); returns the config.json dict.
+
+    ``weights="fp16"`` stores the fp32 graphs' weights as float16 (half the size, fp32 compute).
+    ``tensorrt``: keyword arguments for :func:`s4g_train.tensorrt_build.build_engines` (None = no engines).
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be ≥ {MIN_OPSET} (LayerNormalization), got {opset}")
+    if weights not in ("fp32", "fp16"):
+        raise ValueError(f"weights must be 'fp32' or 'fp16', got {weights!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        outputs = ["embedding", "features"] if with_features else ["embedding"]
+        views: dict[str, Any] = {}
+        files: dict[str, Any] = {}
+        par: dict[str, Any] = {}
+        half_model = copy.deepcopy(model).half().eval() if fp16 else None
+        for view in ("ground", "aerial"):
+            contract = _view_contract(model, view, interpolation)
+            size = tuple(contract["input_size"])
+            dummy = torch.randn(2, 3, *size)
+            f32 = tmp / f"{view}.onnx"
+            log.info("exporting %s view %s → %s", view, size, f32.name)
+            _export_onnx(EmbedGraph(model, with_features=with_features).eval(), dummy, f32, opset, outputs)
+            if weights == "fp16":
+                _fp16_weights(f32)
+            par[view] = {"fp32": parity(model, f32, size, threshold=PARITY_FP32, with_features=with_features)}
+            vfiles: dict[str, Any] = {"fp32": f32.name}
+            if half_model is not None:
+                f16 = tmp / f"{view}.fp16.onnx"
+                _export_onnx(EmbedGraph(half_model, half=True, with_features=with_features).eval(), dummy, f16,
+                             opset, outputs)
+                par[view]["fp16"] = parity(model, f16, size, threshold=PARITY_FP16, with_features=with_features)
+                vfiles["fp16"] = f16.name
+            contract["files"] = vfiles
+            contract["outputs"] = outputs
+            views[view] = contract
+        if tensorrt is not None:
+            from s4g_train import tensorrt_build
+
+            for view, rels in tensorrt_build.build_engines(tmp, views, **tensorrt).items():
+                views[view]["files"]["tensorrt"] = rels
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                files[f.relative_to(tmp).as_posix()] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+        fp = bundle_fingerprint(model.embed_dim, [files[views[v]["files"]["fp32"]]["sha256"] for v in views])
+        import onnx
+        import timm
+
+        config = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name or out.name,
+            "backbone": model.cfg.backbone, "embed_dim": model.embed_dim, "opset": opset,
+            "weights_precision": weights, "views": views, "files": files, "fingerprint": fp, "parity": par,
+            "model_config": model.cfg.to_dict(), "logit_scale": float(model.scale().detach()),
+            "provenance": {**(provenance or {}), "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                timespec="seconds"), "versions": {"torch": torch.__version__, "timm": timm.__version__,
+                                                  "onnx": onnx.__version__}},
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(tmp, out, produced={p.relative_to(tmp).parts[0] for p in tmp.iterdir()})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle %s written (fingerprint %s…)", out, config["fingerprint"][:12])
+    return config
+
+
+def _swap_into_place(tmp: Path, out: Path, produced: set[str]) -> None:
+    """Rename the finished temp folder to ``out``; keep hand-written extras (MODEL_CARD.md, …) of an old bundle."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out} exists and is not a directory")
+        for extra in out.iterdir():
+            if extra.name not in produced and extra.is_file():
+                shutil.copy2(extra, tmp / extra.name)
+                log.warning("kept %s from the previous bundle — check that it still describes this model", extra.name)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    os.chmod(out, 0o755)
+
+
+def load_for_export(checkpoint: str, backbone: str | None = None,
+                    allow_partial: bool = False) -> tuple[S4GModel, dict[str, Any]]:
+    """Our checkpoints and the reference format, through the trainer's :func:`s4g_train.checkpoint.load_model`."""
+    from s4g_train.checkpoint import load_model
+
+    return load_model(checkpoint, backbone=backbone, allow_partial=allow_partial)
+
+
+def _provenance(checkpoint: str, info: dict[str, Any], argv: Sequence[str]) -> dict[str, Any]:
+    cfg = info.get("config") or {}
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+    return {
+        "checkpoint": os.path.basename(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "checkpoint_format": info.get("format"), "epoch": info.get("epoch"), "metrics": info.get("metrics", {}),
+        "dataset": {k: data.get(k) for k in ("dataset", "synthetic", "synth", "train_split", "eval_split") if k in data},
+        "train_command": cfg.get("command") if isinstance(cfg, dict) else None,
+        "export_command": "s4g-export " + " ".join(argv),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s4g-export", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="an s4g checkpoint (runs/NAME/checkpoints/best.pt) or a reference Sample4Geo one")
+    p.add_argument("--out", required=True, help="bundle folder to (re)write, e.g. models/NAME")
+    p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
+    p.add_argument("--allow-partial", action="store_true", help="load checkpoints with missing/unexpected keys")
+    p.add_argument("--fp16", action="store_true", help="also write *.fp16.onnx (float16 compute, for GPUs)")
+    p.add_argument("--weights", choices=("fp32", "fp16"), default="fp32",
+                   help="storage of the main graphs' weights (fp16 halves the files; compute stays fp32)")
+    p.add_argument("--with-features", action="store_true", help="add the 'features' output (last feature map)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (≥ {MIN_OPSET})")
+    p.add_argument("--interpolation", default=None,
+                   help="resize interpolation recorded in config.json (default: the training config's, else bilinear)")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT + a GPU)")
+    p.add_argument("--int8", action="store_true", help="TensorRT INT8 with calibration (implies --tensorrt)")
+    p.add_argument("--calib-dataset", default=None, help="dataset name for INT8 calibration images")
+    p.add_argument("--calib-root", default=None, help="dataset root for INT8 calibration images")
+    p.add_argument("--calib-split", default="train", help="split the calibration images come from")
+    p.add_argument("--calib-images", type=int, default=512, help="number of calibration images per view")
+    p.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile: batch 1…max")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not Path(args.checkpoint).is_file():
+        print(f"s4g-export: checkpoint {args.checkpoint!r} does not exist", file=sys.stderr)
+        return 2
+    trt_kwargs = None
+    if args.tensorrt or args.int8:
+        from s4g_train import tensorrt_build
+
+        try:
+            tensorrt_build.require_tensorrt()
+        except RuntimeError as exc:
+            print(f"s4g-export: {exc}", file=sys.stderr)
+            return 2
+        trt_kwargs = {"int8": args.int8, "max_batch": args.max_batch, "calib_dataset": args.calib_dataset,
+                      "calib_root": args.calib_root, "calib_split": args.calib_split,
+                      "calib_images": args.calib_images}
+    try:
+        model, info = load_for_export(args.checkpoint, args.backbone, args.allow_partial)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"s4g-export: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
+        return 2
+    cfg = info.get("config") or {}
+    interp = args.interpolation or (cfg.get("data", {}) if isinstance(cfg, dict) else {}).get("interpolation") \
+        or "bilinear"  # s4g_train.data.load_image's default
+    try:
+        config = export_bundle(model, args.out, fp16=args.fp16, weights=args.weights,
+                               with_features=args.with_features, opset=args.opset, interpolation=interp,
+                               provenance=_provenance(args.checkpoint, info, argv), tensorrt=trt_kwargs)
+    except (ExportError, ValueError) as exc:
+        print(f"s4g-export: {exc}", file=sys.stderr)
+        return 1
+    for view, p in config["parity"].items():
+        print(f"{view}: " + ", ".join(f"{k} cosine {v['min_cosine']:.7f}" for k, v in p.items()))
+    total = sum(f["bytes"] for f in config["files"].values())
+    print(f"wrote {args.out} ({len(config['files'])} files, {total / 1e6:.1f} MB), fingerprint {config['fingerprint'][:16]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
