@@ -1,0 +1,621 @@
+"""Batch construction for Sample4Geo (SPEC §4): GPS / dynamic-similarity neighbour lists and the batch builder.
+
+Torch-free on purpose (numpy + the compiled core only): the batch builder is a pure function of a neighbour
+table and a ``numpy.random.Generator``, so every DDP rank builds the same batches without communicating and a
+resumed run rebuilds identical ones.
+
+Conventions
+-----------
+* A *sample id* ``i`` in ``[0, N)`` is one training pair (ground image ``i`` + its aerial tile).
+* ``neighbours`` int64 ``(N, K)``: row ``i`` lists other sample ids, most similar first, ``-1`` padded.
+* ``groups`` int64 ``(N,)``: samples sharing a group never share a batch (VIGOR: the positive tile).
+* ``forbidden`` int64 ``(N, m)`` (``-1`` padded): ids that must never share a batch with sample ``i``
+  (VIGOR: panoramas whose positive tile is a semi-positive of ``i``); the relation is made symmetric.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import deque
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Earth radius used by every metre figure in s4g (SPEC §7).
+EARTH_RADIUS_M = 6_371_004.0
+STRATEGIES = ("random", "gps", "dss", "gps+dss")
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _as_int_array(x: Any, name: str, ndim: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D integer array, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer ids (int64), got dtype {arr.dtype}; cast with .astype(np.int64)")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_ids(arr: np.ndarray, name: str, n: int) -> None:
+    if arr.size and (arr.min() < -1 or arr.max() >= n):
+        raise ValueError(f"{name} holds ids outside [-1, {n}) (min {arr.min()}, max {arr.max()}); "
+                         f"ids index the {n} training samples and -1 marks padding")
+
+
+def _check_rng(rng: Any) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+
+
+def _dense_groups(groups: Any, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    g = _as_int_array(groups, "groups", 1)
+    if g.shape[0] != n:
+        raise ValueError(f"groups must have one entry per sample: expected shape ({n},), got {g.shape}")
+    return np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(n)
+
+
+def _symmetric_forbidden(forbidden: Any, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """CSR (indptr (N+1,), indices) of the symmetric closure of ``forbidden`` without self-pairs."""
+    if forbidden is None:
+        return None
+    f = _as_int_array(forbidden, "forbidden", 2)
+    if f.shape[0] != n:
+        raise ValueError(f"forbidden must have one row per sample: expected shape ({n}, m), got {f.shape}")
+    _check_ids(f, "forbidden", n)
+    rows = np.repeat(np.arange(n, dtype=np.int64), f.shape[1])
+    cols = f.reshape(-1)
+    keep = (cols >= 0) & (cols != rows)
+    rows, cols = rows[keep], cols[keep]
+    a = np.concatenate([rows, cols])
+    b = np.concatenate([cols, rows])
+    pairs = np.sort(a * n + b)
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if pairs.size else pairs
+    src, dst = pairs // n, pairs % n
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    return indptr, dst
+
+
+def semi_positive_forbidden(positive: Any, semi_positives: Any) -> np.ndarray:
+    """Forbidden table for VIGOR: for sample ``i``, every sample whose positive tile is a semi-positive of ``i``.
+
+    ``positive`` (N,) reference ids, ``semi_positives`` (N, s) reference ids (-1 padded) → int64 (N, m), -1 padded.
+    """
+    pos = _as_int_array(positive, "positive", 1)
+    semi = _as_int_array(semi_positives, "semi_positives", 2)
+    if semi.shape[0] != pos.shape[0]:
+        raise ValueError(f"semi_positives must have {pos.shape[0]} rows (one per sample), got {semi.shape}")
+    n = pos.shape[0]
+    order = np.argsort(pos, kind="stable")
+    sorted_pos = pos[order]
+    lo = np.searchsorted(sorted_pos, semi, side="left")
+    hi = np.searchsorted(sorted_pos, semi, side="right")
+    counts = np.where(semi >= 0, hi - lo, 0)
+    width = int(counts.sum(axis=1).max()) if n and semi.shape[1] else 0
+    out = np.full((n, width), -1, dtype=np.int64)
+    fill = np.zeros(n, dtype=np.int64)
+    for col in range(semi.shape[1]):  # s is 3 for VIGOR; the inner loop runs over the (few) members per tile
+        c = counts[:, col]
+        for j in range(int(c.max()) if n else 0):
+            rows = np.nonzero(c > j)[0]
+            out[rows, fill[rows]] = order[lo[rows, col] + j]
+            fill[rows] += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- builder
+def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Generator, *,
+                  groups: Any = None, forbidden: Any = None) -> list[np.ndarray]:
+    """One epoch of Sample4Geo batches (SPEC §4).
+
+    Shuffle all ids; take the next id not used this epoch as an anchor, then its neighbours: list positions
+    ``0 … k/2−1`` (nearest) and ``k/2`` positions drawn at random from ``k/2 … K−1``; ids already used this
+    epoch, or clashing with the batch (same group, forbidden pair), are skipped — as in the reference, the
+    skipped ones are not replaced by further neighbours. A used neighbour whose *group* is still free is
+    replaced by an unused member of that group (VIGOR: another panorama of the same tile). The stream is
+    cut into batches of ``batch_size``; neighbours never spill into the next batch; the last partial batch
+    is dropped. Unlike the reference (which stops after 1024 consecutive already-used draws) every unused
+    id is consumed; anchors that clash with the current batch are retried at the start of later batches.
+
+    Args:
+        neighbours: int (N, K), ``-1`` padded neighbour lists (may be (N, 0) with ``k=0`` for random batches).
+        batch_size: B ≥ 2, at most N.
+        k: even number of neighbours per anchor, ``0 ≤ k ≤ K`` and ``k < B``.
+        rng: the epoch's ``numpy.random.Generator`` (same state → same batches).
+        groups: optional int (N,).  forbidden: optional int (N, m), ``-1`` padded.
+    Returns:
+        list of int64 arrays of shape (B,): sample ids; the anchor comes first, then its neighbours.
+    """
+    nb = _as_int_array(neighbours, "neighbours", 2)
+    n, big_k = nb.shape
+    _check_ids(nb, "neighbours", n)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples: no full batch can be built")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 or k % 2:
+        raise ValueError(f"k must be an even int >= 0 (k/2 nearest + k/2 random neighbours), got {k!r}")
+    if k > big_k:
+        raise ValueError(f"k={k} exceeds the neighbour pool K={big_k} (neighbours has shape {nb.shape}); use k <= K")
+    if k >= batch_size:
+        raise ValueError(f"k={k} must be smaller than batch_size={batch_size} (the anchor needs a place too)")
+    _check_rng(rng)
+    grp = _dense_groups(groups, n)
+    sym = _symmetric_forbidden(forbidden, n)
+    return _build(nb, int(batch_size), int(k), rng, grp, sym)
+
+
+def random_batches(n: int, batch_size: int, rng: np.random.Generator, *, groups: Any = None,
+                   forbidden: Any = None) -> list[np.ndarray]:
+    """Plain shuffled batches ("random" strategy) that still respect ``groups`` and ``forbidden``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int (number of training samples), got {n!r}")
+    if groups is None and forbidden is None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 2 <= batch_size <= n:
+            raise ValueError(f"batch_size must be an int in [2, {n}], got {batch_size!r}")
+        _check_rng(rng)
+        perm = rng.permutation(n)
+        return list(perm[: n // batch_size * batch_size].reshape(-1, batch_size))
+    return build_batches(np.empty((n, 0), dtype=np.int64), batch_size, 0, rng, groups=groups, forbidden=forbidden)
+
+
+def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.ndarray | None,
+           sym: tuple[np.ndarray, np.ndarray] | None) -> list[np.ndarray]:
+    # A hand-written loop: the builder is sequential by nature (each choice changes what is free), so it keeps
+    # per-id flags in bytearrays (fast scalar access) with NumPy views over the same memory for the per-anchor
+    # vectorised pre-filter of the k candidates.
+    n, big_k = nb.shape
+    half = k // 2
+    far_w = big_k - half
+    used = bytearray(n)
+    used_np = np.frombuffer(used, dtype=np.uint8)
+    perm = rng.permutation(n)
+
+    if grp is not None:
+        n_groups = int(grp.max()) + 1
+        gib = bytearray(n_groups)  # group already in the current batch
+        gib_np = np.frombuffer(gib, dtype=np.uint8)
+        grp_l = grp.tolist()
+        # members of each group in this epoch's random order, for "draw one not-yet-used member"
+        members = perm[np.argsort(grp[perm], kind="stable")].tolist()
+        gstart = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(grp, minlength=n_groups), out=gstart[1:])
+        gptr = gstart[:-1].tolist()
+        gend = gstart[1:].tolist()
+        gfree = np.diff(gstart)  # unused members per group (NumPy: read by the vectorised pre-filter)
+    if sym is not None:
+        blocked = bytearray(n)
+        blocked_np = np.frombuffer(blocked, dtype=np.uint8)
+        s_ptr, s_idx = sym[0].tolist(), sym[1]
+
+    batches: list[np.ndarray] = []
+    cur: list[int] = []
+    keys = np.empty((0, far_w), dtype=np.int64)
+    key_i = 0
+    stats = {"anchors": 0, "neighbours": 0, "substituted": 0}
+
+    def add(c: int) -> bool:
+        """Put c in the batch; True when that completed (and flushed) the batch."""
+        nonlocal cur
+        used[c] = 1
+        cur.append(c)
+        if grp is not None:
+            g = grp_l[c]
+            gib[g] = 1
+            gfree[g] -= 1
+        if sym is not None:
+            lo, hi = s_ptr[c], s_ptr[c + 1]
+            if hi > lo:
+                blocked_np[s_idx[lo:hi]] = 1
+        if len(cur) < bsz:
+            return False
+        batches.append(np.array(cur, dtype=np.int64))
+        if grp is not None:  # clearing the whole flag array (a memset) is cheaper than per-id resets
+            gib_np[:] = 0
+        if sym is not None:
+            blocked_np[:] = 0
+        cur = []
+        return True
+
+    def clashes(c: int) -> bool:
+        return (grp is not None and gib[grp_l[c]] == 1) or (sym is not None and blocked[c] == 1)
+
+    def substitute(g: int) -> int:
+        """An unused, not-blocked member of group g, or -1."""
+        p, end = gptr[g], gend[g]
+        while p < end and used[members[p]]:
+            p += 1
+        gptr[g] = p
+        while p < end:
+            m = members[p]
+            if not used[m] and not (sym is not None and blocked[m]):
+                return m
+            p += 1
+        return -1
+
+    def take_anchor(a: int) -> None:
+        nonlocal keys, key_i
+        stats["anchors"] += 1
+        if add(a) or k == 0:
+            return
+        row = nb[a]
+        if far_w > 0 and half > 0:
+            if key_i >= keys.shape[0]:  # random orders of the far positions, drawn in blocks (deterministic)
+                keys = np.argsort(rng.random((1024, far_w)), axis=1)
+                key_i = 0
+            far = row[half:][keys[key_i]]
+            key_i += 1
+            cand = np.concatenate([row[:half], far[far >= 0][:half]])
+        else:
+            cand = row[:half]
+        cand = cand[cand >= 0]
+        if grp is None:  # pre-filter; the loop below re-checks, since each addition changes what is free
+            keep = used_np[cand] == 0
+            if sym is not None:
+                keep &= blocked_np[cand] == 0
+        else:
+            g = grp[cand]
+            keep = (gib_np[g] == 0) & (gfree[g] > 0)
+        cand = cand[keep]
+        for c in cand.tolist():
+            if grp is not None:
+                g = grp_l[c]
+                if gib[g] or gfree[g] == 0:
+                    continue
+                if used[c]:
+                    c = substitute(g)
+                    if c < 0:
+                        continue
+                    stats["substituted"] += 1
+                elif sym is not None and blocked[c]:
+                    continue
+            elif used[c] or (sym is not None and blocked[c]):
+                continue
+            stats["neighbours"] += 1
+            if add(c):
+                return
+
+    deferred: deque[int] = deque()
+    order = perm.tolist()
+    pos = 0
+    while True:
+        if deferred and not cur:  # a fresh batch: retry the anchors that clashed earlier, one pass
+            for _ in range(len(deferred)):
+                a = deferred.popleft()
+                if used[a]:
+                    continue
+                if clashes(a):
+                    deferred.append(a)
+                    continue
+                take_anchor(a)
+        if pos < n:
+            a = order[pos]
+            pos += 1
+            if used[a]:
+                continue
+            if clashes(a):
+                deferred.append(a)
+                continue
+            take_anchor(a)
+            continue
+        # the shuffled stream is exhausted: keep going while the deferred anchors still make progress
+        progress = False
+        for _ in range(len(deferred)):
+            a = deferred.popleft()
+            if used[a]:
+                continue
+            if clashes(a):
+                deferred.append(a)
+                continue
+            take_anchor(a)
+            progress = True
+        if not progress:
+            break
+    leftover = len(cur) + sum(1 for a in deferred if not used[a])
+    log.debug("build_batches: N=%d B=%d k=%d K=%d -> %d batches, %d anchors, %d neighbours (%d substituted), "
+              "%d ids left for the dropped partial batch", n, bsz, k, big_k, len(batches), stats["anchors"],
+              stats["neighbours"], stats["substituted"], leftover)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------ DSS mining
+def _core_topk():
+    try:
+        from s4g_engine import topk_similarity
+    except ImportError as exc:  # the compiled core is part of the install; say how to get it
+        raise ImportError("s4g_engine.topk_similarity (the compiled core) is not available; build it with "
+                          "`pip install --no-build-isolation -Ceditable.rebuild=true -e .`") from exc
+    return topk_similarity
+
+
+def representative_samples(positive: Any, n_refs: int) -> np.ndarray:
+    """For each reference, the lowest sample id whose positive it is (``-1`` if none) → int64 (M,)."""
+    pos = _as_int_array(positive, "positive", 1)
+    _check_ids(pos, "positive", n_refs)
+    if pos.size and pos.min() < 0:
+        raise ValueError("positive must hold a reference id >= 0 for every sample")
+    rep = np.full(n_refs, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(rep, pos, np.arange(pos.shape[0], dtype=np.int64))
+    rep[rep == np.iinfo(np.int64).max] = -1
+    return rep
+
+
+def dss_neighbours(ground_emb: np.ndarray, aerial_emb: np.ndarray, positive: Any, K: int, *,
+                   semi_positives: Any = None, sample_of_reference: Any = None, chunk: int = 4096,
+                   progress: bool = False) -> np.ndarray:
+    """Dynamic-similarity neighbour lists (SPEC §4): for each training ground image, the samples whose aerial
+    tiles are most similar to it, own positive and semi-positives excluded.
+
+    Ground→aerial top-K by exact inner product through the compiled core (``topk_similarity`` with
+    ``exclude``): memory O(N·K + one block), never an N×M matrix.
+
+    Args:
+        ground_emb: float (N, d) L2-normalised ground embeddings of the N training samples (un-augmented).
+        aerial_emb: float (M, d) embeddings of the M training references (float32 or float16).
+        positive: int (N,) reference id of each sample's aerial tile.
+        K: neighbours per sample.
+        semi_positives: optional int (N, s) reference ids (-1 padded) never to be listed (VIGOR).
+        sample_of_reference: optional int (M,) the sample id that stands for each reference (-1 = none);
+            default: the lowest sample id with that positive (CVUSA: the bijection ``positive``; VIGOR: one
+            panorama per tile — ``build_batches`` substitutes another unused panorama of the tile).
+        chunk: queries per call into the core (granularity of the progress bar).
+    Returns:
+        int64 (N, K) sample ids, most similar first, -1 padded when fewer than K references qualify.
+    """
+    g = np.asarray(ground_emb)
+    a = np.asarray(aerial_emb)
+    if g.ndim != 2 or a.ndim != 2 or g.shape[1] != a.shape[1]:
+        raise ValueError(f"ground_emb (N, d) and aerial_emb (M, d) must be 2-D with the same d, got {g.shape} "
+                         f"and {a.shape}")
+    n, m = g.shape[0], a.shape[0]
+    pos = _as_int_array(positive, "positive", 1)
+    if pos.shape[0] != n:
+        raise ValueError(f"positive must have one entry per ground embedding ({n}), got {pos.shape}")
+    _check_ids(pos, "positive", m)
+    if n and pos.min() < 0:
+        raise ValueError("positive must hold a reference id >= 0 for every sample")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"K must be a positive int, got {K!r}")
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    rep = representative_samples(pos, m) if sample_of_reference is None else \
+        _as_int_array(sample_of_reference, "sample_of_reference", 1)
+    if rep.shape[0] != m:
+        raise ValueError(f"sample_of_reference must have one entry per reference ({m}), got {rep.shape}")
+    _check_ids(rep, "sample_of_reference", n)
+    exclude = pos[:, None]
+    if semi_positives is not None:
+        semi = _as_int_array(semi_positives, "semi_positives", 2)
+        if semi.shape[0] != n:
+            raise ValueError(f"semi_positives must have {n} rows, got {semi.shape}")
+        _check_ids(semi, "semi_positives", m)
+        exclude = np.concatenate([exclude, semi], axis=1)
+    # Search only the references that stand for a sample; map exclude ids into that sub-gallery.
+    has = rep >= 0
+    if has.all():
+        refs, ref_ids = a, None
+    else:
+        ref_ids = np.nonzero(has)[0]
+        refs = a[ref_ids]
+        sub = np.full(m + 1, -1, dtype=np.int64)  # index m holds -1 for padded entries
+        sub[ref_ids] = np.arange(ref_ids.size, dtype=np.int64)
+        exclude = sub[np.where(exclude >= 0, exclude, m)]
+    topk = _core_topk()
+    out = np.empty((n, K), dtype=np.int64)
+    starts = range(0, n, chunk)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="DSS top-k", unit="chunk")
+    for s in starts:
+        _, idx = topk(g[s:s + chunk], refs, K, exclude=np.ascontiguousarray(exclude[s:s + chunk]))
+        idx = np.asarray(idx, dtype=np.int64)
+        if ref_ids is not None:
+            idx = np.where(idx >= 0, ref_ids[np.maximum(idx, 0)], -1)
+        out[s:s + chunk] = np.where(idx >= 0, rep[np.maximum(idx, 0)], -1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- hardness
+def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    try:
+        from s4g_engine.geo import haversine_m
+    except ImportError:  # the datasets helper's geo module; same formula, R = 6,371,004 m
+        p1, p2 = np.radians(lat1), np.radians(lat2)
+        dp, dl = p2 - p1, np.radians(lon2) - np.radians(lon1)
+        h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+        return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return haversine_m(lat1, lon1, lat2, lon2)
+
+
+def batch_hardness(batches: Sequence[np.ndarray], ground_emb: np.ndarray | None = None,
+                   aerial_emb: np.ndarray | None = None, gps: np.ndarray | None = None) -> dict[str, float]:
+    """How hard an epoch's batches are, for logging the effect of sampling.
+
+    Args:
+        batches: equal-length int arrays of sample ids.
+        ground_emb, aerial_emb: optional (N, d) L2-normalised embeddings *per sample* (row i = sample i's
+            ground / aerial view; for VIGOR pass ``aerial[positive]``).
+        gps: optional (N, 2) latitude/longitude in degrees per sample (NaN rows are ignored).
+    Returns:
+        ``hardness_sim``: mean over samples of the highest ground→aerial cosine similarity to another pair
+        of its batch (the hardest in-batch negative); ``hardness_sim_all``: mean over all in-batch negative
+        pairs; ``hardness_gps_m``: mean distance in metres to the nearest other sample of the batch.
+        Keys whose inputs were not given are absent; NaN when there are no batches.
+    """
+    out: dict[str, float] = {}
+    if len(batches) == 0:
+        ids = np.empty((0, 2), dtype=np.int64)
+    else:
+        ids = np.stack([np.asarray(b, dtype=np.int64) for b in batches])
+    nbat, bsz = ids.shape
+    per = max(1, (1 << 21) // max(1, bsz * bsz))
+    if ground_emb is not None or aerial_emb is not None:
+        if ground_emb is None or aerial_emb is None:
+            raise ValueError("pass both ground_emb and aerial_emb (per-sample rows) or neither")
+        g, a = np.asarray(ground_emb, dtype=np.float32), np.asarray(aerial_emb, dtype=np.float32)
+        if g.shape != a.shape or g.ndim != 2:
+            raise ValueError(f"ground_emb and aerial_emb must both be (N, d) per sample, got {g.shape}, {a.shape}")
+        hard, allneg, cnt = 0.0, 0.0, 0
+        eye = np.eye(bsz, dtype=bool)
+        for s in range(0, nbat, per):
+            sim = np.einsum("cbd,ced->cbe", g[ids[s:s + per]], a[ids[s:s + per]], dtype=np.float64)
+            allneg += float(np.where(eye, 0.0, sim).sum())
+            hard += float(np.where(eye, -np.inf, sim).max(axis=2).sum())
+            cnt += sim.shape[0] * bsz
+        out["hardness_sim"] = hard / cnt if cnt else float("nan")
+        out["hardness_sim_all"] = allneg / (cnt * (bsz - 1)) if cnt else float("nan")
+    if gps is not None:
+        ll = np.asarray(gps, dtype=np.float64)
+        if ll.ndim != 2 or ll.shape[1] != 2:
+            raise ValueError(f"gps must be (N, 2) latitude/longitude in degrees, got {ll.shape}")
+        tot, cnt = 0.0, 0
+        eye = np.eye(bsz, dtype=bool)
+        for s in range(0, nbat, per):
+            p = ll[ids[s:s + per]]
+            d = _haversine_m(p[:, :, None, 0], p[:, :, None, 1], p[:, None, :, 0], p[:, None, :, 1])
+            nearest = np.where(eye | np.isnan(d), np.inf, d).min(axis=2)
+            ok = np.isfinite(nearest)
+            tot += float(nearest[ok].sum())
+            cnt += int(ok.sum())
+        out["hardness_gps_m"] = tot / cnt if cnt else float("nan")
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- sampler
+def _pack_table(t: np.ndarray | None) -> dict[str, Any] | None:
+    """A neighbour table as plain types (bytes + shape + crc32) for ``torch.load(weights_only=True)``."""
+    if t is None:
+        return None
+    data = np.ascontiguousarray(t, dtype="<i8").tobytes()
+    return {"shape": [int(x) for x in t.shape], "dtype": "int64", "crc32": zlib.crc32(data), "data": data}
+
+
+def _unpack_table(d: dict[str, Any] | None) -> np.ndarray | None:
+    if d is None:
+        return None
+    data = d["data"]
+    if zlib.crc32(data) != d["crc32"]:
+        raise ValueError("sampler state: the stored neighbour table fails its crc32 check (corrupt checkpoint)")
+    return np.frombuffer(data, dtype="<i8").reshape(d["shape"]).astype(np.int64)
+
+
+def _table_crc(t: np.ndarray | None) -> int | None:
+    return None if t is None else zlib.crc32(np.ascontiguousarray(t, dtype="<i8").tobytes())
+
+
+class Sampler:
+    """Which neighbour table feeds the batch builder in which epoch (SPEC §4), with resumable state.
+
+    * ``random``: shuffled batches. ``gps``: GPS lists every epoch. ``dss``: random until the first adopted
+      DSS table, then DSS. ``gps+dss``: GPS until the first adopted DSS table, then DSS.
+    * DSS mining is due after epoch ``e`` (1-based) when ``e >= dss_start_epoch`` and
+      ``(e - dss_start_epoch) % dss_every == 0`` (reference: ``dss_start_epoch = dss_every = 4``).
+    * ``dss_min_train_r1`` (percent): a mined table is only adopted once the model is competent — the first
+      table is rejected while the training-set R@1 measured with it is below the threshold (SPEC §4, last
+      bullet: DSS from a random-init model collapses training). ``None`` = the reference's fixed schedule.
+
+    Batches for epoch ``e`` come from ``numpy.random.default_rng([seed, e])`` and the active table, so the
+    state is just the table and a few flags: a resumed run rebuilds exactly the same batches.
+    """
+
+    def __init__(self, strategy: str, n: int, batch_size: int, *, k: int = 64, K: int = 128, seed: int = 0,
+                 dss_every: int = 4, dss_start_epoch: int | None = None, dss_min_train_r1: float | None = None,
+                 gps_neighbours: np.ndarray | None = None, groups: Any = None, forbidden: Any = None) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
+        if strategy in ("gps", "gps+dss") and gps_neighbours is None:
+            raise ValueError(f"strategy {strategy!r} needs gps_neighbours (N, K) (s4g_engine.geo.gps_neighbours)")
+        if dss_every < 1:
+            raise ValueError(f"dss_every must be >= 1, got {dss_every}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.strategy, self.n, self.batch_size = strategy, int(n), int(batch_size)
+        self.k, self.K, self.seed = int(k), int(K), int(seed)
+        self.dss_every = int(dss_every)
+        self.dss_start_epoch = int(dss_every if dss_start_epoch is None else dss_start_epoch)
+        self.dss_min_train_r1 = None if dss_min_train_r1 is None else float(dss_min_train_r1)
+        self.gps = None if gps_neighbours is None else self._check_table(gps_neighbours, "gps_neighbours")
+        self.groups, self.forbidden = groups, forbidden
+        self.dss_table: np.ndarray | None = None
+        self.dss_active = False
+        self.n_refreshes = 0
+
+    def _check_table(self, t: Any, name: str) -> np.ndarray:
+        t = _as_int_array(t, name, 2)
+        if t.shape[0] != self.n or t.shape[1] < self.k:
+            raise ValueError(f"{name} must be ({self.n}, K>={self.k}), got {t.shape}")
+        return t
+
+    @property
+    def source(self) -> str:
+        """The table the next epoch's batches come from: ``random``, ``gps`` or ``dss``."""
+        if self.dss_active:
+            return "dss"
+        return "gps" if self.strategy in ("gps", "gps+dss") else "random"
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The batches of epoch ``epoch`` (deterministic in seed, epoch and the active table)."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        src = self.source
+        if src == "random":
+            return random_batches(self.n, self.batch_size, rng, groups=self.groups, forbidden=self.forbidden)
+        table = self.dss_table if src == "dss" else self.gps
+        return build_batches(table, self.batch_size, self.k, rng, groups=self.groups, forbidden=self.forbidden)
+
+    def should_mine(self, epoch_done: int) -> bool:
+        """Whether DSS lists are due after finishing (1-based) epoch ``epoch_done``."""
+        if self.strategy not in ("dss", "gps+dss") or epoch_done < self.dss_start_epoch:
+            return False
+        return (epoch_done - self.dss_start_epoch) % self.dss_every == 0
+
+    def offer_dss(self, neighbours: np.ndarray, train_r1: float | None = None) -> bool:
+        """Offer a freshly mined DSS table; returns whether it is used from the next epoch on."""
+        if self.strategy not in ("dss", "gps+dss"):
+            raise ValueError(f"strategy {self.strategy!r} does not use DSS tables")
+        table = self._check_table(neighbours, "DSS neighbours")
+        if self.dss_min_train_r1 is not None and not self.dss_active:
+            if train_r1 is None:
+                raise ValueError("dss_min_train_r1 is set: pass the training-set R@1 (percent) with the table")
+            if train_r1 < self.dss_min_train_r1:
+                log.info("DSS not started: training R@1 %.2f%% < %.2f%%; keeping %s batches", train_r1,
+                         self.dss_min_train_r1, self.source)
+                return False
+        self.dss_table = table
+        self.dss_active = True
+        self.n_refreshes += 1
+        log.info("DSS table #%d adopted%s", self.n_refreshes,
+                 "" if train_r1 is None else f" (training R@1 {train_r1:.2f}%)")
+        return True
+
+    def _config(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "n": self.n, "batch_size": self.batch_size, "k": self.k,
+                "K": self.K, "seed": self.seed, "dss_every": self.dss_every,
+                "dss_start_epoch": self.dss_start_epoch, "dss_min_train_r1": self.dss_min_train_r1}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python types only (bytes for the table), loadable with ``torch.load(weights_only=True)``."""
+        return {"format": "s4g-sampler", "version": 1, "config": self._config(), "dss_active": self.dss_active,
+                "n_refreshes": self.n_refreshes, "dss_table": _pack_table(self.dss_table),
+                "gps_crc32": _table_crc(self.gps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != "s4g-sampler":
+            raise ValueError("not a sampler state (expected a dict with format 's4g-sampler')")
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported sampler state version {state.get('version')!r}; this code reads 1")
+        if state["config"] != self._config():
+            diff = {key: (v, self._config().get(key)) for key, v in state["config"].items()
+                    if self._config().get(key) != v}
+            raise ValueError(f"sampler state was saved with another configuration (saved, current): {diff}")
+        if state["gps_crc32"] != _table_crc(self.gps):
+            raise ValueError("sampler state: the GPS neighbour table differs from the one the run was saved with "
+                             "(different data or K?)")
+        table = _unpack_table(state["dss_table"])
+        self.dss_table = None if table is None else self._check_table(table, "stored DSS table")
+        self.dss_active = bool(state["dss_active"])
+        self.n_refreshes = int(state["n_refreshes"])
