@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._io import MalformedRowError, SplitFileNotFoundError
+from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
 from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_split", "CrossViewSplit", "DATASET_NAMES", "SPLITS", "MalformedRowError",
+__all__ = ["load_split", "CrossViewSplit", "DATASET_NAMES", "SPLITS", "MalformedRowError", "PathEscapeError",
            "SplitFileNotFoundError", "PUBLISHED", "EXPECTED_SIZES", "family"]
 
 #: loader names and the splits each defines (val is an alias of test where marked in DATASETS.md)

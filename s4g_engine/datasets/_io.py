@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DirIndex",
     "MalformedRowError",
+    "PathEscapeError",
     "SplitFileNotFoundError",
     "check_relative",
     "check_name",
@@ -35,6 +36,10 @@ class SplitFileNotFoundError(FileNotFoundError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+class PathEscapeError(ValueError):
+    """A split file names an absolute path or one that climbs out of the dataset root."""
 
 
 class MalformedRowError(ValueError):
@@ -77,16 +82,16 @@ def check_relative(rel: str, where: str) -> str:
     file must never make us read outside the folder the user pointed us at.
     """
     if not rel:
-        raise ValueError(f"{where}: empty path")
+        raise ValueError(f"{where}: empty path")  # callers report empty fields as malformed rows
     p = rel.replace("\\", "/")
     if p.startswith("/") or (len(p) > 1 and p[1] == ":") or os.path.isabs(rel):
-        raise ValueError(
+        raise PathEscapeError(
             f"{where}: absolute path {rel!r} in a split file; paths must be relative to the dataset root "
             "(fix the split file or re-download it)"
         )
     norm = os.path.normpath(p)
     if norm == ".." or norm.startswith("../") or norm.startswith(".." + os.sep):
-        raise ValueError(
+        raise PathEscapeError(
             f"{where}: path {rel!r} escapes the dataset root ('..'); paths must stay inside the root"
         )
     return norm.replace(os.sep, "/")
@@ -95,7 +100,7 @@ def check_relative(rel: str, where: str) -> str:
 def check_name(name: str, where: str) -> str:
     """Validate a bare file name (no directory part) read from a split file."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(
+        raise PathEscapeError(
             f"{where}: {name!r} is not a bare file name (a name with a directory part or '..' would escape "
             "the image folder)"
         )
