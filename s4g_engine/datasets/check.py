@@ -91,8 +91,7 @@ def _classify_size(fam: str, view: str, wh: tuple[int, int]) -> tuple[str, str, 
     nw, nh = nominal
     if abs((w / h) / (nw / nh) - 1.0) <= ASPECT_TOL:
         return ("info", f"{view} images are {w}×{h}, a scaled version of the nominal {nw}×{nh}",
-                "fine (scaled copies, e.g. synthetic or resized data; the model resizes its inputs)") are fine; the model "
-                "resizes its inputs")
+                "fine (scaled copies, e.g. synthetic or resized data; the model resizes its inputs)")
     if view == "satellite" and w != h:
         return ("error", f"satellite tiles are {w}×{h}, not square (nominal {nw}×{nh}): these look like "
                 "polar-transformed tiles (SAFA-style), not raw north-up tiles",
