@@ -105,7 +105,7 @@ def geometric(ground: np.ndarray, aerial: np.ndarray, flip: bool, r: int) -> tup
 
 def to_tensor(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (H, W, 3) → normalised float32 (3, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return x.sub_(m).div_(s)

@@ -321,9 +321,7 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             ge, ae, scale = self.encoder(g, a)
         ge, ae = ge.float(), ae.float()
-        if self.distributed:
-            ge, ae = self.dist.gather_with_grad(ge), self.dist.gather_with_grad(ae)
-        loss = self.loss_fn(ge, ae, scale.float())
+        loss = self.loss_fn(ge, ae, scale.float())  # gathers the global batch itself under DDP (losses.py)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.clip_value is not None:
@@ -332,7 +330,7 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        with torch.no_grad():  # batch hardness: mean similarity of each ground view's hardest in-batch negative
+        with torch.no_grad():  # batch hardness (local part): similarity of each ground's hardest in-batch negative
             sim = ge.detach() @ ae.detach().T
             sim.fill_diagonal_(-2.0)
             hard = float(sim.max(dim=1).values.mean())
