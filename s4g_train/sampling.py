@@ -110,7 +110,8 @@ def semi_positive_forbidden(positive: Any, semi_positives: Any) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------- builder
 def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Generator, *,
-                  groups: Any = None, forbidden: Any = None) -> list[np.ndarray]:
+                  groups: Any = None, forbidden: Any = None,
+                  return_anchors: bool = False) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """One epoch of Sample4Geo batches (SPEC §4).
 
     Shuffle all ids; take the next id not used this epoch as an anchor, then its neighbours: list positions
@@ -126,10 +127,13 @@ def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Gener
         neighbours: int (N, K), ``-1`` padded neighbour lists (may be (N, 0) with ``k=0`` for random batches).
         batch_size: B ≥ 2, at most N.
         k: even number of neighbours per anchor, ``0 ≤ k ≤ K`` and ``k < B``.
-        rng: the epoch's ``numpy.random.Generator`` (same state → same batches).
+        rng: the epoch's ``numpy.random.Generator`` (same state → same batches). Draws: one permutation of
+            the N ids, then, per anchor, one random order of the far positions ``k/2 … K−1`` (rows of
+            ``argsort(rng.random((1024, K − k/2)))``, drawn in blocks of 1024).
         groups: optional int (N,).  forbidden: optional int (N, m), ``-1`` padded.
+        return_anchors: also return, per batch, a bool (B,) mask of the anchors (diagnostics, tests).
     Returns:
-        list of int64 arrays of shape (B,): sample ids; the anchor comes first, then its neighbours.
+        list of int64 arrays of shape (B,): sample ids; each anchor is followed by its neighbours.
     """
     nb = _as_int_array(neighbours, "neighbours", 2)
     n, big_k = nb.shape
@@ -147,7 +151,8 @@ def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Gener
     _check_rng(rng)
     grp = _dense_groups(groups, n)
     sym = _symmetric_forbidden(forbidden, n)
-    return _build(nb, int(batch_size), int(k), rng, grp, sym)
+    batches, anchors = _build(nb, int(batch_size), int(k), rng, grp, sym)
+    return (batches, anchors) if return_anchors else batches
 
 
 def random_batches(n: int, batch_size: int, rng: np.random.Generator, *, groups: Any = None,
@@ -161,11 +166,12 @@ def random_batches(n: int, batch_size: int, rng: np.random.Generator, *, groups:
         _check_rng(rng)
         perm = rng.permutation(n)
         return list(perm[: n // batch_size * batch_size].reshape(-1, batch_size))
-    return build_batches(np.empty((n, 0), dtype=np.int64), batch_size, 0, rng, groups=groups, forbidden=forbidden)
+    return build_batches(np.empty((n, 0), dtype=np.int64), batch_size, 0, rng, groups=groups,
+                         forbidden=forbidden)  # type: ignore[return-value]
 
 
 def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.ndarray | None,
-           sym: tuple[np.ndarray, np.ndarray] | None) -> list[np.ndarray]:
+           sym: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     # A hand-written loop: the builder is sequential by nature (each choice changes what is free), so it keeps
     # per-id flags in bytearrays (fast scalar access) with NumPy views over the same memory for the per-anchor
     # vectorised pre-filter of the k candidates.
@@ -194,16 +200,19 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
         s_ptr, s_idx = sym[0].tolist(), sym[1]
 
     batches: list[np.ndarray] = []
+    anchors: list[np.ndarray] = []
     cur: list[int] = []
+    cur_anchor: list[bool] = []
     keys = np.empty((0, far_w), dtype=np.int64)
     key_i = 0
     stats = {"anchors": 0, "neighbours": 0, "substituted": 0}
 
-    def add(c: int) -> bool:
+    def add(c: int, is_anchor: bool) -> bool:
         """Put c in the batch; True when that completed (and flushed) the batch."""
-        nonlocal cur
+        nonlocal cur, cur_anchor
         used[c] = 1
         cur.append(c)
+        cur_anchor.append(is_anchor)
         if grp is not None:
             g = grp_l[c]
             gib[g] = 1
@@ -215,11 +224,12 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
         if len(cur) < bsz:
             return False
         batches.append(np.array(cur, dtype=np.int64))
+        anchors.append(np.array(cur_anchor, dtype=bool))
         if grp is not None:  # clearing the whole flag array (a memset) is cheaper than per-id resets
             gib_np[:] = 0
         if sym is not None:
             blocked_np[:] = 0
-        cur = []
+        cur, cur_anchor = [], []
         return True
 
     def clashes(c: int) -> bool:
@@ -241,7 +251,7 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
     def take_anchor(a: int) -> None:
         nonlocal keys, key_i
         stats["anchors"] += 1
-        if add(a) or k == 0:
+        if add(a, True) or k == 0:
             return
         row = nb[a]
         if far_w > 0 and half > 0:
@@ -277,7 +287,7 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
             elif used[c] or (sym is not None and blocked[c]):
                 continue
             stats["neighbours"] += 1
-            if add(c):
+            if add(c, False):
                 return
 
     deferred: deque[int] = deque()
@@ -320,7 +330,7 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
     log.debug("build_batches: N=%d B=%d k=%d K=%d -> %d batches, %d anchors, %d neighbours (%d substituted), "
               "%d ids left for the dropped partial batch", n, bsz, k, big_k, len(batches), stats["anchors"],
               stats["neighbours"], stats["substituted"], leftover)
-    return batches
+    return batches, anchors
 
 
 # ------------------------------------------------------------------------------------------------ DSS mining
