@@ -1,1 +1,51 @@
-"""s4g_engine: the torch-free inference engine of s4g (numpy, onnxruntime, faiss, the compiled core)."""
+"""s4g_engine: the torch-free inference engine of s4g (numpy, onnxruntime, faiss, the compiled core).
+
+Kernels (the compiled core, see :mod:`s4g_engine.kernels`): :func:`polar_transform`, :func:`inverse_polar`,
+:func:`topk_similarity`, :func:`positive_ranks`, :func:`build_info`. :class:`Localiser` and
+:class:`LocaliseResult` load lazily (importing ``s4g_engine`` does not import onnxruntime).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from s4g_engine.kernels import (
+    build_info,
+    get_num_threads,
+    inverse_polar,
+    polar_transform,
+    positive_ranks,
+    set_num_threads,
+    topk_similarity,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from s4g_engine.localiser import Localiser, LocaliseResult
+
+__all__ = [
+    "polar_transform",
+    "inverse_polar",
+    "topk_similarity",
+    "positive_ranks",
+    "build_info",
+    "set_num_threads",
+    "get_num_threads",
+    "Localiser",
+    "LocaliseResult",
+]
+
+_LAZY = {"Localiser": "s4g_engine.localiser", "LocaliseResult": "s4g_engine.localiser"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 's4g_engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,114 @@
-// Placeholder: filled in by the component that owns it.
+// Bindings: topk_similarity, positive_ranks and helpers (no maths: checks, GIL release, csrc/cpu/search.cpp).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "s4g/bind_util.h"
+#include "s4g/cpu_gemm.h"
+#include "s4g/kernels.h"
+
 namespace py = pybind11;
+
 namespace s4g::bind {
-void register_search(py::module_& m) { (void)m; }
+
+namespace {
+
+using IdArray = py::array_t<int64_t, py::array::c_style>;
+
+cpu::SearchInput search_input(const py::array& queries, const py::array& refs) {
+  require(is_dtype<float>(queries), "queries: expected float32");
+  require(is_dtype<float>(refs) || is_float16(refs), "refs: expected float32 or float16");
+  cpu::SearchInput in;
+  in.ldq = row_stride(queries, "queries");
+  in.ldr = row_stride(refs, "refs");
+  in.q = static_cast<const float*>(queries.data());
+  in.nq = queries.shape(0);
+  in.r = refs.data();
+  in.r_half = is_float16(refs);
+  in.n = refs.shape(0);
+  in.d = queries.shape(1);
+  require(refs.shape(1) == in.d, "refs: dimension " + std::to_string(refs.shape(1)) + " != queries' " +
+                                     std::to_string(in.d));
+  require(in.d > 0, "queries/refs: the embedding dimension must be > 0");
+  return in;
+}
+
+int64_t id_columns(const std::optional<IdArray>& ids, int64_t nq, const char* name) {
+  if (!ids) return 0;
+  require(ids->ndim() == 2 && ids->shape(0) == nq,
+          std::string(name) + ": expected shape (Q, m) with Q = " + std::to_string(nq) + ", got " + shape_str(*ids));
+  return ids->shape(1);
+}
+
+py::tuple topk_similarity(const py::array& queries, const py::array& refs, int64_t k,
+                          const std::optional<IdArray>& exclude) {
+  const cpu::SearchInput in = search_input(queries, refs);
+  require(k >= 1, "k must be >= 1");
+  const int64_t m = id_columns(exclude, in.nq, "exclude");
+  py::array_t<float> scores({in.nq, k});
+  py::array_t<int64_t> idx({in.nq, k});
+  const int64_t* ex = m > 0 ? exclude->data() : nullptr;
+  float* s = scores.mutable_data();
+  int64_t* i = idx.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cpu::topk_similarity(in, k, ex, m, s, i);
+  }
+  return py::make_tuple(scores, idx);
+}
+
+py::array_t<int64_t> positive_ranks(const py::array& queries, const py::array& refs, const IdArray& positive,
+                                    const std::optional<IdArray>& ignore) {
+  const cpu::SearchInput in = search_input(queries, refs);
+  require(positive.ndim() == 1 && positive.shape(0) == in.nq,
+          "positive: expected shape (Q,) with Q = " + std::to_string(in.nq) + ", got " + shape_str(positive));
+  const int64_t* pos = positive.data();
+  for (int64_t q = 0; q < in.nq; ++q)
+    require(pos[q] >= 0 && pos[q] < in.n, "positive: ids must lie in [0, N)");
+  const int64_t m = id_columns(ignore, in.nq, "ignore");
+  const int64_t* ig = m > 0 ? ignore->data() : nullptr;
+  py::array_t<int64_t> out(in.nq);
+  int64_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cpu::positive_ranks(in, pos, ig, m, o);
+  }
+  return out;
+}
+
+int64_t count_nonfinite(const py::array& x) {
+  const bool half = is_float16(x);
+  require(is_dtype<float>(x) || half, "count_nonfinite: expected float32 or float16");
+  py::array a = x;
+  if (x.ndim() != 2) a = py::array(x.attr("reshape")(py::make_tuple(-1, x.ndim() ? x.shape(x.ndim() - 1) : 1)));
+  const int64_t ld = row_stride(a, "x");
+  const int64_t rows = a.shape(0), cols = a.shape(1);
+  const void* p = a.data();
+  py::gil_scoped_release release;
+  return half ? cpu::count_nonfinite_f16(static_cast<const uint16_t*>(p), rows, cols, ld)
+              : cpu::count_nonfinite_f32(static_cast<const float*>(p), rows, cols, ld);
+}
+
+}  // namespace
+
+void register_search(py::module_& m) {
+  m.def("topk_similarity", &topk_similarity, py::arg("queries"), py::arg("refs"), py::arg("k"),
+        py::arg("exclude") = py::none(),
+        "queries (Q, d) float32, refs (N, d) float32|float16 (rows contiguous) → (scores (Q, k) float32, "
+        "indices (Q, k) int64). Use s4g_engine.topk_similarity.");
+  m.def("positive_ranks", &positive_ranks, py::arg("queries"), py::arg("refs"), py::arg("positive"),
+        py::arg("ignore") = py::none(), "→ int64 (Q,). Use s4g_engine.positive_ranks.");
+  m.def("count_nonfinite", &count_nonfinite, py::arg("x"), "Number of NaN/Inf values (float32/float16 array).");
+  m.def("get_num_threads", &cpu::num_threads, "OpenMP threads used by the kernels.");
+  m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"),
+        "Set the OpenMP threads used by the kernels (n <= 0: default).");
+  m.def("simd_level", []() { return std::string(cpu::active_ukr().name); }, "Micro-kernel in use.");
+  m.def("available_simd_levels", []() { return std::string(cpu::available_simd_levels()); });
+  m.def("set_simd_level", [](const std::string& s) { cpu::set_simd_level(s.c_str()); }, py::arg("level"),
+        "Force the search micro-kernel: 'avx512' | 'avx2' | 'generic' | 'auto' (testing/benchmarks).");
+}
+
 }  // namespace s4g::bind
