@@ -326,6 +326,10 @@ def load_reference(
         head = (f"checkpoint {source} does not match backbone {backbone!r}"
                 f"{' (inferred from its shapes)' if inferred else ''}; {len(loadable)}/{len(own)} tensors "
                 f"({100 * loaded_fraction:.1f}% of the parameters) would load.\n{problems}")
+        if not inferred:
+            guess = infer_backbone(sd)
+            if guess is not None and guess != backbone:
+                head += f"\nThe checkpoint's shapes match timm backbone {guess!r} exactly."
         if not allow_partial:
             raise ValueError(
                 head + "\nFix: pass the backbone the checkpoint was trained with (--backbone NAME), or, to "

@@ -112,6 +112,7 @@ def test_wrong_architecture_names_the_shapes(source):
     msg = str(err.value)
     assert "model.stem.0.weight: checkpoint (40, 3, 4, 4) vs model (48, 3, 4, 4)" in msg
     assert "--backbone" in msg and "--allow-partial" in msg
+    assert "match timm backbone 'convnext_atto' exactly" in msg
     # a partial load cannot rescue it: almost nothing would come from the checkpoint
     with pytest.raises(ValueError, match="mostly random"):
         load_reference_model(source.state_dict(), backbone="convnext_femto", allow_partial=True)
