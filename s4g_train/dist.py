@@ -88,6 +88,12 @@ def cleanup() -> None:
         tdist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+
+
 def world_size() -> int:
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
