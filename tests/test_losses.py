@@ -50,7 +50,7 @@ def loop_triplet(g, a, term, mining):
         for i in range(b):
             negs = [dd[i][j] for j in range(b) if j != i]
             if mining == "hardest":
-                tot = tot + term(dd[i][i] - min(negs, key=float)) / b
+                tot = tot + term(dd[i][i] - min(negs, key=lambda t: float(t.detach()))) / b
             else:
                 tot = tot + sum(term(dd[i][i] - x) for x in negs) / (b * (b - 1))
         out = out + tot / 2
@@ -102,7 +102,7 @@ def test_directions_differ_and_average():
     both = make_loss("infonce")(g, a, s)
     s2a = make_loss("street2sat")(g, a, s)
     a2s = make_loss("sat2street")(g, a, s)
-    assert abs(float(s2a - a2s)) > 1e-6  # asymmetric batch: the directions are distinct losses
+    assert abs(float((s2a - a2s).detach())) > 1e-6  # asymmetric batch: the directions are distinct losses
     torch.testing.assert_close(both, (s2a + a2s) / 2)
     # street2sat: ground queries over aerial references = CE over the rows of g @ a.T
     logits = s * g @ a.t()
