@@ -93,8 +93,8 @@ def test_label_smoothing_closed_form():
     lp_t = 3.0 - math.log(math.exp(3.0) + 1)
     lp_o = 0.0 - math.log(math.exp(3.0) + 1)
     want = -(1 - eps) * lp_t - eps / 2 * (lp_t + lp_o)
-    assert float(make_loss("infonce")(g, a, s)) == pytest.approx(want, rel=1e-12)
-    assert float(make_loss("infonce", label_smoothing=0.0)(g, a, s)) == pytest.approx(-lp_t, rel=1e-12)
+    assert make_loss("infonce")(g, a, s).item() == pytest.approx(want, rel=1e-12)
+    assert make_loss("infonce", label_smoothing=0.0)(g, a, s).item() == pytest.approx(-lp_t, rel=1e-12)
 
 
 def test_directions_differ_and_average():
@@ -112,7 +112,7 @@ def test_directions_differ_and_average():
 def test_perfect_alignment_is_low_and_scale_gets_gradient():
     g, _, s = _inputs(b=6, d=16, seed=4, scale=50.0)
     loss = make_loss("infonce", label_smoothing=0.0)(g, g.detach().clone(), s)
-    assert float(loss) < 0.5
+    assert loss.item() < 0.5
     for name in LOSSES:  # every loss keeps the temperature in the graph (DDP: no unused parameters)
         g, a, s = _inputs(seed=5)
         gs = torch.autograd.grad(make_loss(name)(g, a, s), s, allow_unused=True)[0]
