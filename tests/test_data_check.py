@@ -61,6 +61,14 @@ def test_counts_and_sizes_in_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     (root / "meta.json").write_text(json.dumps({"synthetic": True}))
     rc, rep = run_json(capsys, "cvusa", root)
     assert rep["synthetic"] and {p["severity"] for p in problems(rep, "count_mismatch")} == {"info"}
+    assert problems(rep, "image_size")                       # scaled vs the real dataset's sizes
+    # the synthetic world declares its sizes (tile_size, pano_size=[H, W]): those become the expected ones
+    (root / "meta.json").write_text(json.dumps({"generator": "s4g-synth", "tile_size": 94, "pano_size": [28, 154]}))
+    rc, rep = run_json(capsys, "cvusa", root)
+    assert rep["synthetic"] and not problems(rep, "image_size")
+    (root / "meta.json").write_text(json.dumps({"generator": "s4g-synth", "tile_size": 94, "pano_size": [28, 100]}))
+    rc, rep = run_json(capsys, "cvusa", root)
+    assert [p["severity"] for p in problems(rep, "image_size")] == ["warning", "warning"]
 
 
 def test_missing_split_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

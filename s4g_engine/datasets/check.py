@@ -74,17 +74,37 @@ def _splits_to_check(name: str) -> list[str]:
     return ["train", "test"] if name == "cvusa" else list(SPLITS[name])
 
 
-def _is_synthetic(root: Path) -> bool:
-    meta = root / "meta.json"
+def _read_meta(root: Path) -> dict[str, Any]:
     try:
-        return bool(json.loads(meta.read_text()).get("synthetic", False))
-    except (OSError, ValueError, AttributeError):
-        return False
+        info = json.loads((root / "meta.json").read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
-def _classify_size(fam: str, view: str, wh: tuple[int, int]) -> tuple[str, str, str] | None:
+def _is_synthetic(meta: dict[str, Any]) -> bool:
+    return bool(meta.get("synthetic", False)) or meta.get("generator") == "s4g-synth"
+
+
+def _expected_sizes(fam: str, meta: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Nominal (w, h) per view; a synthetic folder's meta.json (tile_size, pano_size=[H, W]) overrides."""
+    sizes = dict(EXPECTED_SIZES.get(fam, {}))
+    try:
+        if "tile_size" in meta:
+            t = int(meta["tile_size"])
+            sizes["satellite"] = (t, t)
+        if "pano_size" in meta:
+            h, w = (int(x) for x in meta["pano_size"])
+            sizes["ground"] = (w, h)
+    except (TypeError, ValueError):
+        pass
+    return sizes
+
+
+def _classify_size(expected: dict[str, tuple[int, int]], view: str,
+                   wh: tuple[int, int]) -> tuple[str, str, str] | None:
     """None if (w, h) is the nominal size; else (severity, message, fix)."""
-    nominal = EXPECTED_SIZES.get(fam, {}).get(view)
+    nominal = expected.get(view)
     if nominal is None or tuple(wh) == nominal:
         return None
     w, h = wh
@@ -109,7 +129,8 @@ def _sample_images(paths: list[str], n: int) -> list[str]:
     return [paths[i] for i in idx]
 
 
-def _inspect_images(rep: SplitReport, fam: str, view: str, paths: list[str], root: Path, n: int) -> None:
+def _inspect_images(rep: SplitReport, expected: dict[str, tuple[int, int]], view: str, paths: list[str],
+                    root: Path, n: int) -> None:
     from PIL import Image
 
     sizes: Counter[str] = Counter()
@@ -132,12 +153,13 @@ def _inspect_images(rep: SplitReport, fam: str, view: str, paths: list[str], roo
                 "be decoded", "re-download or re-extract these files (a truncated archive is the usual cause)",
                 bad[:5])
     for wh in shapes:
-        verdict = _classify_size(fam, view, wh)
+        verdict = _classify_size(expected, view, wh)
         if verdict:
             rep.add(verdict[0], "image_size", verdict[1], verdict[2])
 
 
-def check_split(name: str, split: str, root: Path, *, sample: int = 8, synthetic: bool = False) -> SplitReport:
+def check_split(name: str, split: str, root: Path, *, sample: int = 8,
+                meta: dict[str, Any] | None = None) -> SplitReport:
     """Check one split; never raises for dataset problems (they become report entries)."""
     rep = SplitReport(name=name, split=split, published=PUBLISHED.get((name, split)))
     fam = family(name)
@@ -166,12 +188,14 @@ def check_split(name: str, split: str, root: Path, *, sample: int = 8, synthetic
     except ImportError as exc:
         rep.add("error", "missing_dependency", str(exc), "pip install 's4g[engine]' (scipy, pyproj)")
         return rep
-    _report_loaded(rep, data, fam, root, sample, synthetic)
+    _report_loaded(rep, data, fam, root, sample, meta or {})
     return rep
 
 
 def _report_loaded(rep: SplitReport, data: CrossViewSplit, fam: str, root: Path, sample: int,
-                   synthetic: bool) -> None:
+                   meta: dict[str, Any]) -> None:
+    synthetic = _is_synthetic(meta)
+    expected = _expected_sizes(fam, meta)
     q, n = data.num_queries, data.num_references
     rep.counts = {"queries": q, "references": n, "positive_references": int(len(np.unique(data.positive)))}
     rep.skipped = {k: v for k, v in data.skipped.items()}
@@ -197,8 +221,8 @@ def _report_loaded(rep: SplitReport, data: CrossViewSplit, fam: str, root: Path,
                     f"{exp['references']:,}", "fine for synthetic data or a deliberate subset; otherwise the "
                     "download is incomplete — re-download the missing parts")
     qv, rv = data.query_view, data.reference_view
-    _inspect_images(rep, fam, qv, data.queries, root, sample)
-    _inspect_images(rep, fam, rv, data.references, root, sample)
+    _inspect_images(rep, expected, qv, data.queries, root, sample)
+    _inspect_images(rep, expected, rv, data.references, root, sample)
     qg = int(np.isfinite(data.query_gps).all(axis=1).sum())
     rg = int(np.isfinite(data.reference_gps).all(axis=1).sum())
     rep.gps = {"queries_with_gps": qg, "references_with_gps": rg,
@@ -224,8 +248,8 @@ def check_dataset(dataset: str, root: str | Path, *, sample: int = 8) -> dict[st
         report["error"] = f"{r} is not a directory"
         return report
     r = r.resolve()
-    synthetic = _is_synthetic(r)
-    report["synthetic"] = synthetic
+    meta = _read_meta(r)
+    report["synthetic"] = _is_synthetic(meta)
     seen_university_train = False
     for nm in names:
         for sp in _splits_to_check(nm):
@@ -233,7 +257,7 @@ def check_dataset(dataset: str, root: str | Path, *, sample: int = 8) -> dict[st
                 if seen_university_train:  # d2s and s2d share the train split
                     continue
                 seen_university_train = True
-            report["splits"].append(asdict(check_split(nm, sp, r, sample=sample, synthetic=synthetic)))
+            report["splits"].append(asdict(check_split(nm, sp, r, sample=sample, meta=meta)))
     errors = sum(p["severity"] == "error" for s in report["splits"] for p in s["problems"])
     warnings = sum(p["severity"] == "warning" for s in report["splits"] for p in s["problems"])
     report.update(usable=errors == 0, errors=errors, warnings=warnings)
