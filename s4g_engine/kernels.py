@@ -97,7 +97,7 @@ def _float_matrix(name: str, x: Any, *, allow_half: bool) -> np.ndarray:
     elif a.dtype not in (np.float32, np.float16):
         log.debug("%s: converting %s to float32", name, a.dtype)
         a = a.astype(np.float32)
-    if a.shape[1] > 1 and a.strides[1] != a.itemsize or a.strides[0] < 0 or a.strides[0] % a.itemsize:
+    if a.shape[0] and (a.shape[1] > 1 and a.strides[1] != a.itemsize or a.strides[0] < 0 or a.strides[0] % a.itemsize):
         a = np.ascontiguousarray(a)
     return a
 

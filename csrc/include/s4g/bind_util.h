@@ -30,6 +30,7 @@ inline void require_ndim(const py::array& a, py::ssize_t ndim, const char* name)
 inline int64_t row_stride(const py::array& a, const char* name) {
   const py::ssize_t item = a.itemsize();
   require(a.ndim() == 2, std::string(name) + ": expected a 2-D array, got shape " + shape_str(a));
+  if (a.shape(0) == 0) return a.shape(1);
   require(a.shape(1) <= 1 || a.strides(1) == item,
           std::string(name) + ": rows must be contiguous (use np.ascontiguousarray)");
   require(a.strides(0) >= 0 && a.strides(0) % item == 0,
