@@ -194,7 +194,8 @@ def as_image_list(images: Any) -> list[ImageLike]:
         try:
             out = list(images)
         except TypeError:
-            raise TypeError(f"expected an image or a list of images, got {type(images).__name__}") from None
+            raise TypeError(f"expected an image path, a PIL image or a uint8 array (H, W, 3), or a list of them; "
+                            f"got {type(images).__name__}") from None
     if not out:
         raise ValueError("empty batch: expected at least one image (path, PIL image or uint8 array)")
     return out
