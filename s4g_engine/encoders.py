@@ -110,12 +110,9 @@ class TensorRTEncoder:
         except ImportError as exc:
             raise RuntimeError(TENSORRT_MISSING) from exc
         try:
-            from cuda import cudart  # type: ignore[import-not-found]
-        except ImportError as exc:  # cuda-python ≥ 12.8 moved it
-            try:
-                from cuda.bindings import runtime as cudart  # type: ignore[import-not-found,no-redef]
-            except ImportError:
-                raise RuntimeError("the TensorRT backend needs cuda-python: `pip install cuda-python`") from exc
+            cudart = _cudart()
+        except ImportError as exc:
+            raise RuntimeError("the TensorRT backend needs cuda-python: `pip install cuda-python`") from exc
         self._trt, self._cudart = trt, cudart
         self.path = Path(path)
         self.name = "tensorrt"
@@ -179,6 +176,30 @@ class TensorRTEncoder:
             self._check(cudart.cudaStreamSynchronize(st.stream))
             outs.append(y)
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+
+def _cudart() -> Any:
+    try:
+        from cuda import cudart  # type: ignore[import-not-found]
+    except ImportError:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found,no-redef]
+    return cudart
+
+
+def tensorrt_engine_key(device: int = 0) -> str:
+    """``<gpu-name>-sm<cc>-trt<version>``: TensorRT engines only run on the GPU model and TensorRT version
+    they were built with, so bundles keep them under ``tensorrt/<key>/``."""
+    import re
+
+    import tensorrt as trt
+
+    cudart = _cudart()
+    err, props = cudart.cudaGetDeviceProperties(device)
+    if int(err) != 0:
+        raise RuntimeError(f"no usable CUDA device {device} (cudaGetDeviceProperties error {err})")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"{slug}-sm{props.major}{props.minor}-trt{trt.__version__}"
 
 
 def tensorrt_available() -> bool:

@@ -150,15 +150,16 @@ class Localiser:
         out: list[Path] = []
         trt = files.get("tensorrt") or {}
         if backend in ("auto", "tensorrt"):
-            from s4g_engine.encoders import tensorrt_available
+            from s4g_engine.encoders import tensorrt_available, tensorrt_engine_key
 
-            if tensorrt_available():
-                import tensorrt
-
+            if trt and device != "cpu" and tensorrt_available():
                 # Engines are specific to the GPU and TensorRT version they were built with.
-                for key, rel in trt.items():
-                    if key.endswith(f"trt{tensorrt.__version__}"):
-                        out.append(self.root / rel)
+                key = tensorrt_engine_key()
+                if key in trt:
+                    out.append(self.root / trt[key])
+                else:
+                    log.warning("bundle has TensorRT engines for %s, none for this machine (%s): using ONNX",
+                                sorted(trt), key)
         use_fp16 = precision == "fp16" or (precision == "auto" and device != "cpu" and _has_gpu_provider())
         if use_fp16 and files.get("fp16"):
             out.append(self.root / files["fp16"])
