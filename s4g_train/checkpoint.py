@@ -41,6 +41,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -47,7 +47,9 @@ def embed_dataset(model: S4GModel, dataset: Any, *, batch_size: int = 128, devic
     was_training = model.training
     model.eval()
     out = np.empty((len(dataset), model.embed_dim), np.float32)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # own generator: embedding must not consume the global torch RNG (exact resume, SPEC-free but tested)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
     try:
         for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0):
             x = x.to(device, non_blocking=True)
@@ -113,16 +115,17 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     r = np.ascontiguousarray(embed_aerial_fn(split.references), np.float32)
     t_embed = time.perf_counter() - t0
     semi = split.semi_positives if split.semi_positives.size else None
-    if split.query_classes is not None and split.reference_classes is not None and hasattr(M, "average_precision"):
+    if split.query_classes is not None and split.reference_classes is not None:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
         res["AP"] = float(M.average_precision(q, r, split.query_classes, split.reference_classes))
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
-    if split.offsets.size and hasattr(M, "metre_errors"):
-        try:
-            res.update({f"err_{k}": float(v) for k, v in M.metre_errors(q, r, split).items()})
-        except TypeError:  # the metrics module's signature differs: skip the extra, keep the paper's metrics
-            log.debug("metre_errors signature mismatch; skipped")
+    if split.offsets.size and np.isfinite(split.query_gps).all() and np.isfinite(split.reference_gps).all():
+        from s4g_engine import topk_similarity  # VIGOR: metre error of the top-1 tile's centre (SPEC §7)
+
+        _, top = topk_similarity(q, r, 1)
+        errs = M.metre_errors(split.reference_gps[top[:, 0]], split.query_gps)
+        res.update({f"metre_{k}": float(v) for k, v in errs.items()})
     res = {k: float(v) for k, v in res.items()}
     res["queries"] = float(len(split.queries))
     res["references"] = float(len(split.references))

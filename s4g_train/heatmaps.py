@@ -245,7 +245,8 @@ class TorchSource:
         self.polar = bool(cfg.polar_aerial)
         self.tile_size = polar_source_size(self.aerial_size) if self.polar else self.aerial_size
         dc = model.data_config()
-        self.mean, self.std, self.interpolation = dc["mean"], dc["std"], dc["interpolation"]
+        self.mean, self.std = dc["mean"], dc["std"]
+        self.interpolation = "bilinear"  # as s4g-eval (ViewDataset's default) and s4g-export's default contract
         self.batch_size = int(batch_size)
         self.name = f"checkpoint ({cfg.backbone})"
 

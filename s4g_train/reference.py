@@ -46,6 +46,25 @@ MIN_PARTIAL_FRACTION = 0.5
 
 _DP_PREFIX = "module."
 
+#: (ground (H, W), aerial (H, W)) the published checkpoints were trained and evaluated with (SPEC §2)
+PAPER_INPUT_SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "cvusa": ((140, 768), (384, 384)),
+    "cvact": ((140, 768), (384, 384)),
+    "vigor-same": ((384, 768), (384, 384)),
+    "vigor-cross": ((384, 768), (384, 384)),
+    "university-d2s": ((384, 384), (384, 384)),
+    "university-s2d": ((384, 384), (384, 384)),
+}
+
+
+def paper_input_sizes(dataset: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The paper's ``(ground_size, aerial_size)`` for a dataset name (reference checkpoints do not store them)."""
+    try:
+        return PAPER_INPUT_SIZES[dataset]
+    except KeyError:
+        raise ValueError(f"no paper input sizes for dataset {dataset!r}; known: {sorted(PAPER_INPUT_SIZES)}. "
+                         "Pass the sizes explicitly (ground_size=(H, W), aerial_size=(H, W))") from None
+
 # ConvNeXt signatures: (v2?, depths per stage, width of stage 0) -> timm architecture names with that shape
 # signature. Several names can share a signature (e.g. the `_ols` stem or `_rms` norm variants); the exact
 # key/shape comparison in `infer_backbone` picks the one that really matches. Widths double per stage in all

@@ -150,6 +150,9 @@ def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Gener
         raise ValueError(f"k={k} must be smaller than batch_size={batch_size} (the anchor needs a place too)")
     _check_rng(rng)
     grp = _dense_groups(groups, n)
+    if grp is not None and n and int(grp.max()) + 1 < batch_size:
+        raise ValueError(f"only {int(grp.max()) + 1} distinct groups but batch_size={batch_size}: every sample of a "
+                         "batch needs its own group; use a smaller batch")
     sym = _symmetric_forbidden(forbidden, n)
     batches, anchors = _build(nb, int(batch_size), int(k), rng, grp, sym)
     return (batches, anchors) if return_anchors else batches
@@ -291,30 +294,10 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
                 return
 
     deferred: deque[int] = deque()
-    order = perm.tolist()
-    pos = 0
-    while True:
-        if deferred and not cur:  # a fresh batch: retry the anchors that clashed earlier, one pass
-            for _ in range(len(deferred)):
-                a = deferred.popleft()
-                if used[a]:
-                    continue
-                if clashes(a):
-                    deferred.append(a)
-                    continue
-                take_anchor(a)
-        if pos < n:
-            a = order[pos]
-            pos += 1
-            if used[a]:
-                continue
-            if clashes(a):
-                deferred.append(a)
-                continue
-            take_anchor(a)
-            continue
-        # the shuffled stream is exhausted: keep going while the deferred anchors still make progress
-        progress = False
+
+    def retry_deferred() -> bool:
+        """One pass over the anchors that clashed earlier; True if any was taken."""
+        took = False
         for _ in range(len(deferred)):
             a = deferred.popleft()
             if used[a]:
@@ -323,10 +306,24 @@ def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.n
                 deferred.append(a)
                 continue
             take_anchor(a)
-            progress = True
-        if not progress:
-            break
+            took = True
+        return took
+
+    for a in perm.tolist():
+        if deferred and not cur:  # a fresh batch: the anchors that clashed before come first
+            retry_deferred()
+        if used[a]:
+            continue
+        if clashes(a):
+            deferred.append(a)
+        else:
+            take_anchor(a)
+    while deferred and retry_deferred():  # stream exhausted: go on while deferred anchors still fit
+        pass
     leftover = len(cur) + sum(1 for a in deferred if not used[a])
+    if leftover > max(2 * bsz, n // 100):
+        log.warning("build_batches: %d of %d ids found no place this epoch (groups/forbidden constraints)",
+                    leftover, n)
     log.debug("build_batches: N=%d B=%d k=%d K=%d -> %d batches, %d anchors, %d neighbours (%d substituted), "
               "%d ids left for the dropped partial batch", n, bsz, k, big_k, len(batches), stats["anchors"],
               stats["neighbours"], stats["substituted"], leftover)

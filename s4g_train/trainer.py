@@ -200,8 +200,10 @@ class Trainer:
         self.epoch_batches: np.ndarray | None = None
         self.batch_pos = 0
         strategy = cfg.sampling.strategy
-        if strategy in ("gps", "gps+dss"):
-            self.gps_nb = self._gps_neighbours()
+        if strategy in ("gps", "gps+dss"):  # rank 0 computes (and caches), the others receive the table
+            self.gps_nb = self._gps_neighbours() if self.main else None
+            if self.distributed:
+                self.gps_nb = dist.broadcast_object(self.gps_nb)
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
         if resume:
             self._restore(run_dir / "checkpoints" / "last.pt")
@@ -413,7 +415,7 @@ class Trainer:
             epoch_s = time.perf_counter() - t_ep
             rec: dict[str, Any] = {
                 "epoch": e, "step": self.step, "loss": float(np.mean(losses)) if losses else None,
-                "logit_scale": float(self.model.scale()), "lr": self.sched.lr(),
+                "logit_scale": float(self.model.scale().detach()), "lr": self.sched.lr(),
                 "hardness_sim": float(np.mean(hards)) if hards else None, "hardness_gps_m": hard_gps,
                 "sampling": "dss" if self.dss_active else ("gps" if self.gps_nb is not None else "random"),
                 "time_s": round(epoch_s, 2), "elapsed_s": round(self.elapsed(), 1),
@@ -421,7 +423,12 @@ class Trainer:
             self._replan(epoch_s)
             if e % cfg.eval.every == 0 or e == self.planned_epochs:
                 self._evaluate(e, max_queries=cfg.data.max_eval)
-            rec.update(self._maybe_refresh_dss())
+            # DSS: rank 0 mines, every rank receives the same lists (so all build identical global batches)
+            upd = self._maybe_refresh_dss() if self.main else {}
+            if self.distributed:
+                upd, self.dss_nb, self.dss_active, self.last_refresh = self.dist.broadcast_object(
+                    (upd, self.dss_nb, self.dss_active, self.last_refresh))
+            rec.update(upd)
             self.log.write("epoch", **rec)
             log.info("epoch %d: loss %.4f, scale %.1f, hardness %.3f, %.1fs", e, rec["loss"] or float("nan"),
                      rec["logit_scale"], rec["hardness_sim"] or float("nan"), epoch_s)
@@ -433,7 +440,8 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------------------ eval & checkpoints
-    def _evaluate(self, e: int, max_queries: int | None = None, split: Any = None) -> dict[str, float]:
+    def _evaluate(self, e: int, max_queries: int | None = None, split: Any = None,
+                  event: str = "eval") -> dict[str, float]:
         res: dict[str, float] = {}
         if self.main:
             sp = split if split is not None else self.eval_split
@@ -444,7 +452,8 @@ class Trainer:
             res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries)
             n_img = res["queries"] + res["references"]
             self.eval_img_s = n_img / max(1e-6, time.perf_counter() - t0)
-            self.log.write("eval", epoch=e, split=sp.split, **res)
+            extra = {"elapsed_s": round(self.elapsed(), 2)} if event == "final" else {}
+            self.log.write(event, epoch=e, split=sp.split, **res, **extra)
             log.info("epoch %d eval on %s/%s: R@1 %.2f R@5 %.2f", e, sp.name, sp.split, res["R@1"], res["R@5"])
             if split is None and res["R@1"] > self.best_r1:
                 self.best_r1 = res["R@1"]
@@ -506,10 +515,7 @@ class Trainer:
         best = self.run_dir / "checkpoints" / "best.pt"
         if best.is_file():
             self.model.load_state_dict(ckpt.load_checkpoint(best)["model"])
-        res = self._evaluate(self.epoch, max_queries=None, split=self.eval_split)
-        if self.main:
-            self.log.write("final", epoch=self.epoch, split=self.eval_split.split, elapsed_s=self.elapsed(), **res)
-        return res
+        return self._evaluate(self.epoch, max_queries=None, split=self.eval_split, event="final")
 
     def close(self) -> None:
         self.log.close()

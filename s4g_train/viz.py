@@ -38,8 +38,12 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # ---------------------------------------------------------------------------------------------- sources
 def open_source(*, checkpoint: str | None = None, bundle: str | None = None, backbone: str | None = None,
                 allow_partial: bool = False, ground_size: tuple[int, int] | None = None,
-                aerial_size: tuple[int, int] | None = None) -> Source:
-    """A torch checkpoint (``s4g_train.checkpoint.load_model``: ours or a reference checkpoint) or a bundle."""
+                aerial_size: tuple[int, int] | None = None, dataset: str | None = None) -> Source:
+    """A torch checkpoint (``s4g_train.checkpoint.load_model``: ours or a reference checkpoint) or a bundle.
+
+    Reference checkpoints do not store their input sizes: unless given, they are the paper's for
+    ``dataset`` (``s4g_train.reference.paper_input_sizes``), else the :class:`ModelConfig` defaults.
+    """
     if (checkpoint is None) == (bundle is None):
         raise ValueError("give exactly one model source: --checkpoint CKPT (a .pt/.pth) or --bundle DIR (an export)")
     if bundle is not None:
@@ -48,8 +52,17 @@ def open_source(*, checkpoint: str | None = None, bundle: str | None = None, bac
         return BundleSource(bundle)
     from s4g_train.checkpoint import load_model
 
-    res = load_model(checkpoint, backbone=backbone, allow_partial=allow_partial)
-    model = res[0] if isinstance(res, tuple) else res
+    model, info = load_model(checkpoint, backbone=backbone, allow_partial=allow_partial)
+    if info.get("format") != "s4g-checkpoint" and not (ground_size and aerial_size):
+        if dataset is not None:
+            from s4g_train.reference import paper_input_sizes
+
+            g, a = paper_input_sizes(dataset)
+            ground_size, aerial_size = ground_size or g, aerial_size or a
+        else:
+            log.warning("reference checkpoint without stored input sizes: using ground %s, aerial %s; pass "
+                        "--ground-size/--aerial-size (CVUSA/CVACT: 140 768 / 384 384)", ground_size or
+                        model.cfg.ground_size, aerial_size or model.cfg.aerial_size)
     return TorchSource(model, ground_size=ground_size, aerial_size=aerial_size)
 
 
@@ -169,7 +182,7 @@ def gallery(source: Source, split: Any, out_dir: str, *, n: int = 8, seed: int =
     for qi in tqdm(false_ids, desc="render false", disable=not log.isEnabledFor(logging.INFO)):
         refs = [split.references[top1[qi]], split.references[positive[qi]]]
         qp, cands = explain(source, split.queries[qi], refs, mode=mode, rows=rows, horizon=horizon,
-                            labels=["predicted", "ground truth"], correct=[False, True])
+                            labels=["predicted", "ground truth"], correct=[False, None])
         png = render_candidates(qp, cands, out / f"false_{qi:06d}.png", cmap=cmap, alpha=alpha, mode=mode,
                                 title=f"false prediction: cos {cands[0].similarity:.3f} vs ground truth "
                                       f"{cands[1].similarity:.3f}")
@@ -264,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render_curves(args.metrics, args.out, title=args.title))
         return 0
     source = open_source(checkpoint=args.checkpoint, bundle=args.bundle, backbone=args.backbone,
-                         allow_partial=args.allow_partial, ground_size=args.ground_size, aerial_size=args.aerial_size)
+                         allow_partial=args.allow_partial, ground_size=args.ground_size, aerial_size=args.aerial_size,
+                         dataset=getattr(args, "dataset", None))
     mode = args.mode or source.modes[-1]  # gradcam when available, else activation
     style = dict(mode=mode, rows=args.rows, horizon=args.horizon, cmap=args.cmap, alpha=args.alpha)
     if args.cmd == "pair":
