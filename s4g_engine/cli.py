@@ -169,26 +169,28 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> tuple[Any, list[str], np.ndarray]:
-    """Generate a small unseen synthetic world, index its tiles, return (localiser, panoramas, their GPS)."""
+    """Generate a small synthetic world the model has never seen (same generator settings as its training
+    data, another seed), index its tiles, return (localiser, a few panoramas, their true GPS)."""
     from s4g_engine.datasets import load_split
     from s4g_engine.localiser import read_bundle_config
-    from s4g_engine.synth.cli import main as synth_main
+    from s4g_engine.synth import generate_dataset
 
     cfg = read_bundle_config(args.model, verify=False)
-    ds = (cfg.get("provenance", {}).get("dataset") or {})
-    layout = (ds.get("synth") or {}).get("layout", "cvusa") if isinstance(ds.get("synth"), dict) else "cvusa"
-    name = "cvusa" if layout == "cvusa" else "vigor-same"
+    ds = cfg.get("provenance", {}).get("dataset") or {}
+    synth = dict(ds.get("synth") or {})
+    layout = str(synth.pop("layout", "cvusa"))
+    options = dict(synth.pop("options", None) or {})
+    if args.demo_seed == synth.get("seed"):
+        raise ValueError(f"--demo-seed {args.demo_seed} is the seed the model was trained on; pick another")
     out = Path(args.demo_dir or tempfile.mkdtemp(prefix="s4g-demo-"))
     if not (out / ".s4g-demo-done").exists():
-        rc = synth_main(["--layout", layout, "--out", str(out), "--pairs", str(args.demo_pairs), "--seed",
-                         str(args.demo_seed)])
-        if rc:
-            raise RuntimeError(f"s4g-synth failed with exit code {rc}")
+        generate_dataset(layout, out, args.demo_pairs, args.demo_seed, force=True, contact_pairs=0, **options)
         (out / ".s4g-demo-done").write_text("ok\n")
-    split = load_split(name, out, "test")
+    split = load_split("cvusa" if layout == "cvusa" else "vigor-same", out, "test")
     loc = _localiser(args)
     loc.index_references(split.references, split.reference_gps, [Path(r).name for r in split.references])
     q = min(args.demo_queries, len(split.queries))
+    print(f"demo: synthetic {layout} world (seed {args.demo_seed}) in {out}: {len(split.references)} tiles indexed")
     return loc, list(split.queries[:q]), np.asarray(split.query_gps[:q])
 
 

@@ -40,7 +40,8 @@ class LocaliseResult:
 
     ``scores`` float32 ``(n, k)`` cosine similarities, best first; ``indices`` int64 ``(n, k)`` rows of the
     index; ``ids`` ``n`` lists of ``k`` reference ids; ``coords`` float64 ``(n, k, 2)`` (lat, lon) degrees;
-    ``timings`` seconds per stage: ``decode_s`` (time the encoder waited for decoded/preprocessed
+    an approximate index may return fewer than ``k``
+    candidates: missing ones have index −1, score −inf (faiss: −3.4e38), id ``""`` and NaN coords. ``timings`` seconds per stage: ``decode_s`` (time the encoder waited for decoded/preprocessed
     images), ``encode_s``, ``search_s``, ``total_s``.
     """
 
@@ -273,8 +274,11 @@ class Localiser:
         t1 = time.perf_counter()
         scores, idx = index.search(q, int(k))
         timings["search_s"] = time.perf_counter() - t1
-        coords = index.coords[idx]
-        ids = [[index.ids[j] for j in row] for row in idx.tolist()]
+        # An approximate (IVF-PQ) search may find fewer than k candidates: faiss pads with −1.
+        missing = idx < 0
+        coords = index.coords[np.where(missing, 0, idx)]
+        coords[missing] = np.nan
+        ids = [[index.ids[j] if j >= 0 else "" for j in row] for row in idx.tolist()]
         timings["total_s"] = time.perf_counter() - t0
         return LocaliseResult(scores=scores, indices=idx, ids=ids, coords=coords, timings=timings)
 
