@@ -194,3 +194,16 @@ def test_unknown_convnext_variant_is_not_guessed():
     sd = {f"model.{k}": v for k, v in backbone.state_dict().items()}
     sd["logit_scale"] = torch.zeros((), device="meta")
     assert infer_backbone(sd) is None  # same depths/widths as atto, but the 5x5 kernels match no timm name
+
+
+def test_checkpoint_load_model_dispatches_reference_files(tmp_path, source, images):
+    """s4g-train/s4g-eval/s4g-export/s4g-viz all load through s4g_train.checkpoint.load_model."""
+    from s4g_train.checkpoint import load_model
+
+    p = tmp_path / "weights_e40_0.7786.pth"
+    torch.save(nn.DataParallel(source).state_dict(), p)
+    model, info = load_model(p)
+    assert info["format"] != "s4g-checkpoint"
+    _assert_same_model(model, source, images)
+    with pytest.raises(ValueError, match="convnext_femto"):
+        load_model(p, backbone="convnext_femto")

@@ -329,3 +329,16 @@ def test_bundle_source(tmp_path, ckpt, pair_files):
         BundleSource(str(tmp_path / "without"))
     with pytest.raises(FileNotFoundError, match="config.json"):
         BundleSource(str(tmp_path))
+
+
+def test_cli_pair_with_a_published_format_checkpoint(tmp_path, ckpt, pair_files):
+    """A reference Sample4Geo .pth (DataParallel prefix) goes through checkpoint.load_model → reference."""
+    _, m = ckpt
+    _, _, q, r = pair_files
+    p = tmp_path / "weights_e40_98.6830.pth"
+    torch.save({f"module.{k}": v for k, v in m.state_dict().items()}, p)
+    out = tmp_path / "ref.png"
+    assert main(["pair", "--checkpoint", str(p), "--query", str(q), "--reference", str(r), "--out", str(out),
+                 "--ground-size", *map(str, GROUND), "--aerial-size", *map(str, TILE), "--mode", "gradcam"]) == 0
+    with Image.open(out) as im:
+        assert im.size == pair_figure_size(GROUND, TILE)
