@@ -39,6 +39,7 @@ class QueryPanel:
     image: np.ndarray
     heat: np.ndarray
     name: str
+    panorama: bool = True  # a north-aligned 360° panorama (False: a drone/ground photo, no projection)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def render_pair(query: QueryPanel, cand: CandidatePanel, out: str | os.PathLike[
     pw = (W - 3 * _M) // 2
     ph = int(round(pw * query.image.shape[0] / query.image.shape[1]))
     y = _TITLE + _LABEL
-    c.image(_M, y, pw, ph, query.image, "street view (north at the centre column)")
-    c.image(2 * _M + pw, y, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "street-view heatmap")
+    c.image(_M, y, pw, ph, query.image, "street view (north at the centre column)" if query.panorama else "query")
+    c.image(2 * _M + pw, y, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "query heatmap")
     tw = (W - 4 * _M) // 3
     th = int(round(tw * cand.image.shape[0] / cand.image.shape[1]))
     y += ph + _M + _LABEL
@@ -198,7 +199,7 @@ def render_candidates(query: QueryPanel, cands: Sequence[CandidatePanel], out: s
     pw = W - 2 * _M
     ph = int(round(pw * query.image.shape[0] / query.image.shape[1]))
     y0 = _TITLE + _LABEL
-    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "street view + heatmap")
+    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "query + heatmap")
     tw = (W - (n + 1) * _M) // n
     for k, cand in enumerate(cands):
         x = _M + k * (tw + _M)

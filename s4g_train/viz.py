@@ -92,21 +92,23 @@ def explain(source: Source, query: str, references: Sequence[str], *, mode: str 
     side = _square(source.tile_size)
     if side is None:
         log.warning("tiles are %s, not square: no inverse-polar projection", source.tile_size)
+    # Only a 360° panorama wraps around and has the polar layout; a drone view (University-1652) is a photo.
+    panorama = source.ground_size[1] >= 1.5 * source.ground_size[0]
     q_heat = None
     cands = []
     for k, (ref, tile, pm) in enumerate(zip(references, tiles, pms)):
-        g_heat = normalise(upsample(pm.ground, source.ground_size, wrap=True))  # 360° panorama: wraps
+        g_heat = normalise(upsample(pm.ground, source.ground_size, wrap=panorama))
         if source.polar:  # the aerial map lives in polar space: bring it back onto the tile
             a_heat = project_panorama(normalise(upsample(pm.aerial, source.aerial_size, wrap=True)), side or 0)
         else:
             a_heat = normalise(upsample(pm.aerial, tile.shape[:2]))
-        proj = project_panorama(g_heat, side, rows=rows, horizon=horizon) if side else None
+        proj = project_panorama(g_heat, side, rows=rows, horizon=horizon) if side and panorama else None
         q_heat = g_heat if q_heat is None else q_heat
         cands.append(CandidatePanel(
             image=tile, heat=a_heat, projected=proj, similarity=pm.similarity,
             label=labels[k] if labels else f"#{k + 1}", correct=correct[k] if correct else None, name=Path(ref).name))
     assert q_heat is not None
-    return QueryPanel(image=g_img, heat=q_heat, name=Path(query).name), cands
+    return QueryPanel(image=g_img, heat=q_heat, name=Path(query).name, panorama=panorama), cands
 
 
 def visualise_pair(source: Source, query: str, reference: str, out: str, *, mode: str = "gradcam",

@@ -342,3 +342,39 @@ def test_cli_pair_with_a_published_format_checkpoint(tmp_path, ckpt, pair_files)
                  "--ground-size", *map(str, GROUND), "--aerial-size", *map(str, TILE), "--mode", "gradcam"]) == 0
     with Image.open(out) as im:
         assert im.size == pair_figure_size(GROUND, TILE)
+
+
+def test_polar_aerial_model_maps_are_brought_back_onto_the_tile(tmp_path):
+    """With polar_aerial (SPEC §9 input option), the aerial map lives in polar space; it is inverse-polar
+    projected onto the raw tile (north up), so it is empty outside the inscribed circle too."""
+    torch.manual_seed(3)
+    m = S4GModel(ModelConfig(backbone="convnext_atto", ground_size=GROUND, aerial_size=(64, 256),
+                             polar_aerial=True)).eval()
+    src = TorchSource(m)
+    assert src.tile_size == (128, 128)
+    rng = np.random.default_rng(4)
+    q = _save(tmp_path, "q.png", _rand_img(rng, GROUND))
+    r = _save(tmp_path, "r.png", _rand_img(rng, (128, 128)))
+    qp, (c,) = explain(src, q, [r], mode="gradcam")
+    A = 128
+    rr, cc = np.mgrid[0:A, 0:A]
+    rad = np.hypot(rr - A / 2, A / 2 - cc)
+    for heat in (c.heat, c.projected):
+        assert heat.shape == (A, A)
+        assert np.isnan(heat[rad >= A / 2]).all() and np.isfinite(heat[rad < A / 2 * 0.9]).all()
+    out, _ = visualise_pair(src, q, r, str(tmp_path / "polar.png"))
+    with Image.open(out) as im:
+        assert im.size == pair_figure_size(GROUND, (A, A))
+
+
+def test_drone_query_is_not_projected(tmp_path, model):
+    """University-1652 drone views are square photos, not panoramas: no wrap-around, no polar projection."""
+    src = TorchSource(model, ground_size=TILE, aerial_size=TILE)
+    rng = np.random.default_rng(6)
+    q = _save(tmp_path, "drone.png", _rand_img(rng, TILE))
+    r = _save(tmp_path, "sat.png", _rand_img(rng, TILE))
+    qp, (c,) = explain(src, q, [r], mode="activation")
+    assert not qp.panorama and c.projected is None and qp.heat.shape == TILE
+    out, _ = visualise_pair(src, q, r, str(tmp_path / "drone_pair.png"))
+    with Image.open(out) as im:
+        assert im.size == pair_figure_size(TILE, TILE)
