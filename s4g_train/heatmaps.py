@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -204,8 +205,8 @@ def pair_maps(backbone: nn.Module, ground: torch.Tensor, aerial: torch.Tensor, m
 
 def _gradcam(feat: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
     """relu(sum_c alpha_c A_c), alpha_c = spatial mean of d sim / d A_c; ``(C, h, w)`` → ``(h, w)`` float64."""
-    f = feat.double()
-    alpha = grad.double().mean(dim=(1, 2))
+    f = feat.detach().cpu().double()
+    alpha = grad.detach().cpu().double().mean(dim=(1, 2))
     return torch.relu((alpha[:, None, None] * f).sum(dim=0)).numpy()
 
 
@@ -235,10 +236,12 @@ class TorchSource:
     modes = MODES
 
     def __init__(self, model: nn.Module, *, ground_size: tuple[int, int] | None = None,
-                 aerial_size: tuple[int, int] | None = None, batch_size: int = 16) -> None:
+                 aerial_size: tuple[int, int] | None = None, batch_size: int = 16,
+                 device: str | torch.device = "cpu") -> None:
         from s4g_train.data import polar_source_size
 
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.float().eval().to(self.device)
         cfg = model.cfg
         self.ground_size = tuple(int(v) for v in (ground_size or cfg.ground_size))
         self.aerial_size = tuple(int(v) for v in (aerial_size or cfg.aerial_size))
@@ -255,6 +258,8 @@ class TorchSource:
 
         from s4g_train.data import load_image
 
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{view} image {str(path)!r} does not exist")
         with Image.open(path) as im:  # only the header: check the shape before the full decode
             check_view_shape((im.height, im.width), expected, view, repr(str(path)))
         return load_image(str(path), size, interpolation=self.interpolation)
@@ -277,12 +282,13 @@ class TorchSource:
     @torch.no_grad()
     def embed(self, xs: np.ndarray, view: str = "aerial") -> np.ndarray:
         """float32 ``(B, 3, H, W)`` → L2-normalised float32 ``(B, D)`` (one shared encoder: ``view`` unused)."""
-        outs = [self.model.embed(torch.from_numpy(xs[i:i + self.batch_size])).numpy()
+        outs = [self.model.embed(torch.from_numpy(xs[i:i + self.batch_size]).to(self.device)).cpu().numpy()
                 for i in range(0, len(xs), self.batch_size)]
         return np.concatenate(outs).astype(np.float32)
 
     def maps(self, gx: np.ndarray, ax: np.ndarray, mode: str) -> list[PairMaps]:
-        return pair_maps(self.model.model, torch.from_numpy(gx), torch.from_numpy(ax), mode)
+        return pair_maps(self.model.model, torch.from_numpy(gx).to(self.device), torch.from_numpy(ax).to(self.device),
+                         mode)
 
 
 class BundleSource:
@@ -296,7 +302,6 @@ class BundleSource:
 
     def __init__(self, bundle: str, *, threads: int | None = None) -> None:
         import json
-        from pathlib import Path
 
         import onnxruntime as ort
 
@@ -318,7 +323,7 @@ class BundleSource:
             so.intra_op_num_threads = int(threads)
         self.sessions = {}
         for v in ("ground", "aerial"):
-            path = root / f"{v}.onnx"
+            path = root / str((views[v].get("files") or {}).get("fp32", f"{v}.onnx"))
             if not path.is_file():
                 raise FileNotFoundError(f"bundle {str(root)!r} lacks {path.name}; re-export it with s4g-export")
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

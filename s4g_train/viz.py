@@ -38,7 +38,8 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # ---------------------------------------------------------------------------------------------- sources
 def open_source(*, checkpoint: str | None = None, bundle: str | None = None, backbone: str | None = None,
                 allow_partial: bool = False, ground_size: tuple[int, int] | None = None,
-                aerial_size: tuple[int, int] | None = None, dataset: str | None = None) -> Source:
+                aerial_size: tuple[int, int] | None = None, dataset: str | None = None,
+                device: str = "auto") -> Source:
     """A torch checkpoint (``s4g_train.checkpoint.load_model``: ours or a reference checkpoint) or a bundle.
 
     Reference checkpoints do not store their input sizes: unless given, they are the paper's for
@@ -63,7 +64,11 @@ def open_source(*, checkpoint: str | None = None, bundle: str | None = None, bac
             log.warning("reference checkpoint without stored input sizes: using ground %s, aerial %s; pass "
                         "--ground-size/--aerial-size (CVUSA/CVACT: 140 768 / 384 384)", ground_size or
                         model.cfg.ground_size, aerial_size or model.cfg.aerial_size)
-    return TorchSource(model, ground_size=ground_size, aerial_size=aerial_size)
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchSource(model, ground_size=ground_size, aerial_size=aerial_size, device=device)
 
 
 def _square(tile_size: Sequence[int]) -> int | None:
@@ -229,6 +234,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-partial", action="store_true", help="accept a partial checkpoint load (reported)")
     p.add_argument("--ground-size", type=int, nargs=2, metavar=("H", "W"), help="override the ground input size")
     p.add_argument("--aerial-size", type=int, nargs=2, metavar=("H", "W"), help="override the aerial input size")
+    p.add_argument("--device", default="auto", help="torch device for checkpoints: auto | cpu | cuda[:N]")
     p.add_argument("--mode", choices=MODES, help="heatmap: gradcam (default for checkpoints) or activation")
     p.add_argument("--rows", choices=ROWS, default="full", help="panorama rows projected onto the tile")
     p.add_argument("--horizon", type=float, default=0.5, help="horizon height as a fraction (--rows below-horizon)")
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     source = open_source(checkpoint=args.checkpoint, bundle=args.bundle, backbone=args.backbone,
                          allow_partial=args.allow_partial, ground_size=args.ground_size, aerial_size=args.aerial_size,
-                         dataset=getattr(args, "dataset", None))
+                         dataset=getattr(args, "dataset", None), device=args.device)
     mode = args.mode or source.modes[-1]  # gradcam when available, else activation
     style = dict(mode=mode, rows=args.rows, horizon=args.horizon, cmap=args.cmap, alpha=args.alpha)
     if args.cmd == "pair":
