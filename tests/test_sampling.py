@@ -285,6 +285,7 @@ def test_random_batches():
     (dict(batch_size=4, k=4), "smaller than batch_size"),
     (dict(rng=0), "Generator"),
     (dict(groups=np.zeros(9, np.int64)), "groups"),
+    (dict(groups=np.arange(10) % 4), "distinct groups"),
     (dict(forbidden=np.zeros((9, 2), np.int64)), "forbidden"),
     (dict(forbidden=np.full((10, 2), 99)), "outside"),
 ])
