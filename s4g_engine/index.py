@@ -150,13 +150,17 @@ class ReferenceIndex:
         if self.backend == "faiss-flat":
             index = faiss.IndexFlatIP(d)
         else:
-            nlist = self.params["nlist"] or int(min(65536, max(1, 4 * math.sqrt(n), 1)))
+            nlist = self.params["nlist"] or int(min(65536, max(1, math.sqrt(n))))
             nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
+            # k-means needs ~39–256 points per centroid: train on a random sample, not the whole gallery.
+            cap = 64 * nlist + 10_000
+            if n > cap:
+                train = train[np.random.default_rng(0).choice(n, cap, replace=False)]
             m = self.params["pq_m"] or next(mm for mm in (d // 4, d // 8, d // 16, 16, 8, 4, 2, 1)
                                            if mm >= 1 and d % mm == 0)
             if d % m:
                 raise ValueError(f"pq_m={m} must divide the embedding dim {d}")
-            nbits = 8 if n >= 256 * 39 else max(1, min(8, int(math.log2(max(2, n // 39)))))
+            nbits = 8 if train.shape[0] >= 256 * 39 else max(1, min(8, int(math.log2(max(2, train.shape[0] // 39)))))
             quant = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFPQ(quant, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
             index.train(train)

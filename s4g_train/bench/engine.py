@@ -1,0 +1,148 @@
+"""``s4g-bench engine``: end-to-end ``Localiser.localise`` images/s vs the encoder alone (same session, same
+batch size, same threads), from in-memory uint8 images at the input size, from full-size uint8 arrays
+that need a resize, and from JPEG files on disk; the search runs against an index of ``--gallery``
+references. The encoder-alone figure is the baseline (measured in the same run).
+
+Target: end-to-end ≥ 0.9× encoder-only throughput. The bundle is ``--model DIR`` or, by default, a
+random-init convnext_atto exported to a temporary folder with the synthetic preset's sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s4g_train.bench.encoder import machine_info, timeit, write_results
+
+log = logging.getLogger(__name__)
+
+
+def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
+    if args.model:
+        return Path(args.model)
+    import torch
+
+    from s4g_train.export import export_bundle
+    from s4g_train.model import ModelConfig, S4GModel
+
+    torch.manual_seed(0)
+    model = S4GModel(ModelConfig(backbone=args.backbone, ground_size=(64, 256), aerial_size=(64, 256),
+                                 polar_aerial=True))
+    export_bundle(model, tmp / "bundle")
+    return tmp / "bundle"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from PIL import Image
+
+    from s4g_engine import Localiser
+
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        bundle = _bundle(args, tmp)
+        loc = Localiser.from_dir(bundle, device=args.device, batch_size=args.batch, threads=args.threads,
+                                 decode_threads=args.decode_threads)
+        spec = loc.specs["ground"]
+        h, w = spec.input_size
+        d = loc.embed_dim
+        g = rng.standard_normal((args.gallery, d)).astype(np.float32)
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        loc.index.add(g, np.c_[rng.uniform(-60, 60, args.gallery), rng.uniform(-170, 170, args.gallery)])
+        n = args.images
+        at_size = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+        big = [rng.integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8) for _ in range(n)]
+        files = []
+        for i, im in enumerate(big):
+            f = tmp / f"q{i}.jpg"
+            Image.fromarray(im).save(f, quality=90)
+            files.append(str(f))
+        enc = loc.encoders["ground"]
+        pre = np.stack([spec.prepare(im) for im in at_size])
+
+        def encoder_only() -> None:
+            for s in range(0, n, args.batch):
+                enc(pre[s:s + args.batch])
+
+        rows: list[dict[str, Any]] = []
+        base = n / timeit(encoder_only, min_time=args.min_time)
+        rows.append({"path": "encoder only (preprocessed batches)", "images_per_s": base})
+        for label, imgs in ((f"localise: uint8 arrays {h}×{w} (no resize)", at_size),
+                            (f"localise: uint8 arrays {2 * h}×{2 * w} (resize)", big),
+                            (f"localise: JPEG files {2 * h}×{2 * w} (decode + resize)", files)):
+            timings: list[dict[str, float]] = []
+
+            def e2e(imgs: Any = imgs) -> None:
+                timings.append(loc.localise(imgs, k=args.k).timings)
+
+            ips = n / timeit(e2e, min_time=args.min_time)
+            stage = {key: float(np.median([t[key] for t in timings])) for key in timings[0]}
+            rows.append({"path": label, "images_per_s": ips, "stage_s": stage})
+        for r in rows:
+            r["ratio_vs_encoder"] = r["images_per_s"] / base
+            log.info("%-52s %8.1f images/s  %.2f× encoder", r["path"], r["images_per_s"], r["ratio_vs_encoder"])
+        loc.close()
+    return {"bench": "engine", "input_size": [h, w], "polar": spec.polar, "batch": args.batch, "images": n,
+            "gallery": args.gallery, "k": args.k, "threads": args.threads, "decode_threads": args.decode_threads,
+            "encoder": getattr(enc, "name", "?"), "rows": rows, "target_e2e_vs_encoder": 0.9,
+            "machine": machine_info(), "command": "s4g-bench engine " + " ".join(args.argv)}
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(rows) + 1.5))
+    ax.barh([r["path"] for r in rows], [r["images_per_s"] for r in rows],
+            color=["tab:grey"] + ["tab:green" if r["ratio_vs_encoder"] >= 0.9 else "tab:orange" for r in rows[1:]])
+    ax.axvline(0.9 * rows[0]["images_per_s"], color="k", ls="--", lw=1, label="0.9 × encoder only")
+    ax.invert_yaxis()
+    ax.set_xlabel("images / s")
+    ax.set_title(f"Localiser end-to-end vs encoder, {results['input_size'][0]}×{results['input_size'][1]}, batch "
+                 f"{results['batch']}, gallery {results['gallery']:,}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="s4g-bench engine", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="bundle folder (default: a random-init convnext_atto export)")
+    p.add_argument("--backbone", default="convnext_atto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--gallery", type=int, default=10_000)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--decode-threads", type=int, default=None)
+    p.add_argument("--min-time", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 images, 0.5 s per measurement")
+    p.add_argument("--out", default="bench_results/engine.json")
+    args = p.parse_args(argv)
+    args.argv = list(argv) if argv is not None else []
+    if args.quick:
+        args.images, args.min_time = 64, 0.5
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    res = run(args)
+    out = Path(args.out)
+    write_results(out, res)
+    chart(res, out.with_suffix(".png"))
+    print(f"{'path':54s} {'images/s':>9s} {'× encoder':>9s}")
+    for r in res["rows"]:
+        print(f"{r['path']:54s} {r['images_per_s']:9.1f} {r['ratio_vs_encoder']:9.2f}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
