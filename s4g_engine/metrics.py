@@ -103,6 +103,23 @@ def metre_errors(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float]
     return out
 
 
+def localisation_errors(query_emb: Any, ref_emb: Any, ref_latlon: Any, true_latlon: Any,
+                        thresholds: Sequence[float] = (10, 25, 50)) -> dict[str, float]:
+    """VIGOR metre error (SPEC §7): predicted position = centre of the top-1 retrieved tile (core top-k,
+    streaming; ties → lower index), compared with each query's true position.
+
+    ``ref_latlon`` (N, 2) tile centres, ``true_latlon`` (Q, 2) panorama positions, degrees. See
+    :func:`metre_errors` for the keys.
+    """
+    from s4g_engine import topk_similarity
+
+    ref_ll = np.asarray(ref_latlon, dtype=np.float64)
+    if ref_ll.ndim != 2 or ref_ll.shape != (np.shape(ref_emb)[0], 2):
+        raise ValueError(f"ref_latlon must be (N={np.shape(ref_emb)[0]}, 2) lat/lon degrees, got {ref_ll.shape}")
+    _, idx = topk_similarity(query_emb, ref_emb, 1)
+    return metre_errors(ref_ll[np.asarray(idx)[:, 0]], true_latlon, thresholds)
+
+
 def _good_rows(scores: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Positions (0-based) of the good items in the gallery ranking, best first, ties in their favour:
     row_i = #{non-good items scoring > s_(i)} + i, s_(i) the i-th highest good score."""

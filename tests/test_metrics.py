@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from s4g_engine.metrics import average_precision, metre_errors, ranks_to_metrics, retrieval_metrics
+from s4g_engine.metrics import (average_precision, localisation_errors, metre_errors, ranks_to_metrics,
+                                retrieval_metrics)
 
 R_EARTH = 6_371_004.0
 
@@ -123,6 +124,18 @@ def test_metre_errors():
         metre_errors(np.array([[np.nan, 0.0]]), np.array([[0.0, 0.0]]))
     with pytest.raises(ValueError, match="latitude first"):
         metre_errors(np.array([[0.0, 120.0]]), np.array([[120.0, 0.0]]))
+
+
+def test_localisation_errors_use_top1_tile():
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal((50, 8)).astype(np.float32)
+    qry = (ref[rng.integers(0, 50, 30)] + 0.8 * rng.standard_normal((30, 8))).astype(np.float32)
+    ref_ll = np.column_stack([rng.uniform(41.8, 41.9, 50), rng.uniform(-87.7, -87.6, 50)])
+    true_ll = ref_ll[rng.integers(0, 50, 30)] + rng.normal(0, 1e-4, (30, 2))
+    top1 = np.argmax(qry.astype(np.float64) @ ref.astype(np.float64).T, axis=1)
+    assert localisation_errors(qry, ref, ref_ll, true_ll) == pytest.approx(metre_errors(ref_ll[top1], true_ll))
+    with pytest.raises(ValueError, match="ref_latlon"):
+        localisation_errors(qry, ref, ref_ll[:10], true_ll)
 
 
 # -------------------------------------------------------------------------- University-1652 AP (reference code)
