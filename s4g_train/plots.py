@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def render_candidates(query: QueryPanel, cands: Sequence[CandidatePanel], out: s
     pw = W - 2 * _M
     ph = int(round(pw * query.image.shape[0] / query.image.shape[1]))
     y0 = _TITLE + _LABEL
-    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "query + heatmap")
+    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "street view + heatmap" if query.panorama else "query + heatmap")
     tw = (W - (n + 1) * _M) // n
     for k, cand in enumerate(cands):
         x = _M + k * (tw + _M)
@@ -311,19 +312,30 @@ def render_curves(metrics: str | os.PathLike[str], out: str | os.PathLike[str], 
     ax = axes[1, 1]
     xs, ys = _series(epochs, "hardness_sim")
     if xs:
-        ax.plot(xs, ys, "-o", ms=3, color="C0", label="hardest-negative similarity")
+        ax.plot(xs, ys, "-o", ms=3, color="C0", label="hardest in-batch negative (cos)")
     ax.set(title="batch hardness", xlabel="epoch", ylabel="cosine similarity")
     xg, yg = _series(epochs, "hardness_gps_m")
     if xg:
         ax2 = ax.twinx()
-        ax2.plot(xg, yg, "-s", ms=3, color="C3", label="in-batch neighbour distance")
+        ax2.plot(xg, yg, "-s", ms=3, color="C3", label="nearest in-batch sample (m)")
         ax2.set_ylabel("metres", color="C3")
-        ax2.legend(loc="upper right", fontsize=8)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax2.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)  # one legend above both axes
+    # shade the epochs that used similarity-based (DSS) batches, so their effect on the curves is visible
+    dss = [float(r["epoch"]) for r in epochs if "dss" in str(r.get("sampling", "")).lower()
+           and isinstance(r.get("epoch"), (int, float))]
+    all_e = [float(r["epoch"]) for r in rows if isinstance(r.get("epoch"), (int, float))]
     for a in axes.flat:
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if all_e:
+            a.set_xlim(min(all_e) - 0.5, max(all_e) + 0.5)  # the same epoch axis in every panel
+        for k, e in enumerate(dss):
+            a.axvspan(e - 0.5, e + 0.5, color="#f0e6ff", zorder=0, label="DSS sampling" if k == 0 else None)
         if not a.lines:
             a.text(0.5, 0.5, "not logged", transform=a.transAxes, ha="center", va="center", color="#999999")
-        elif a.get_legend_handles_labels()[0]:
+        elif a.get_legend_handles_labels()[0] and not (a is ax and xg):
             a.legend(loc="best", fontsize=8)
     fig.subplots_adjust(left=0.06, right=0.94, bottom=0.07, top=0.91, hspace=0.35, wspace=0.22)
     return _save(fig, out)
