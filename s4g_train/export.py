@@ -299,6 +299,7 @@ def _provenance(checkpoint: str, info: dict[str, Any], argv: Sequence[str]) -> d
         "checkpoint_format": info.get("format"), "epoch": info.get("epoch"), "metrics": info.get("metrics", {}),
         "dataset": {k: data.get(k) for k in ("dataset", "synthetic", "synth", "train_split", "eval_split") if k in data},
         "train_command": cfg.get("command") if isinstance(cfg, dict) else None,
+        "train_config": cfg if isinstance(cfg, dict) else None,
         "export_command": "s4g-export " + " ".join(argv),
     }
 
