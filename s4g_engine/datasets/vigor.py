@@ -145,39 +145,32 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
 
     # ---- gallery: every tile of the split's cities -------------------------------------------------
     ref_paths: list[str] = []
-    ref_gps: list[tuple[float, float]] = []
-    tile_index: dict[tuple[str, str], int] = {}   # (city, name) -> reference index (existing tiles)
-    listed: set[tuple[str, str]] = set()
+    ref_gps: list[np.ndarray] = []
+    tile_index: dict[str, dict[str, int]] = {}    # city -> tile name -> reference index (existing tiles)
+    listed: dict[str, set[str]] = {}              # city -> every tile name in satellite_list.txt
     missing_tiles: list[str] = []
     for city in cities:
         lst_path = root / "splits" / city / "satellite_list.txt"
         rows = read_rows(lst_path, "vigor", hint="unzip VIGOR's splits.zip into ROOT/splits/")
+        names = [check_name(line.split()[0], f"{lst_path}:{i}") for i, line in rows]
+        gps = _parse_names(names, parse_sat_name, lst_path, rows, "satellite_<lat>_<lon>.png")
         sat_dir = root / city / "satellite"
-        names = []
-        for i, line in rows:
-            nm = check_name(line.split()[0], f"{lst_path}:{i}")
-            try:
-                gps = parse_sat_name(nm)
-            except ValueError:
-                raise MalformedRowError(lst_path, i, line, "satellite_<lat>_<lon>.png") from None
-            names.append((nm, gps))
-        ok = index.exists_many(sat_dir, [n for n, _ in names])
-        base = str(sat_dir)
-        for (nm, gps), o in zip(names, ok):
-            listed.add((city, nm))
-            if o:
-                tile_index[(city, nm)] = len(ref_paths)
-                ref_paths.append(os.path.join(base, nm))
-                ref_gps.append(gps)
-            else:
-                missing_tiles.append(f"{city}/satellite/{nm}")
+        ok = np.array(index.exists_many(sat_dir, names), bool)
+        base = str(sat_dir) + os.sep
+        listed[city] = set(names)
+        start = len(ref_paths)
+        kept = [nm for nm, o in zip(names, ok) if o]
+        tile_index[city] = {nm: start + k for k, nm in enumerate(kept)}
+        ref_paths.extend(base + nm for nm in kept)
+        ref_gps.append(gps[ok])
+        missing_tiles.extend(f"{city}/satellite/{nm}" for nm, o in zip(names, ok) if not o)
     missing_images(skipped, "missing_reference_images", missing_tiles, strict, name, root)
 
     # ---- queries ---------------------------------------------------------------------------------
     q_paths: list[str] = []
-    q_gps: list[tuple[float, float]] = []
-    pos: list[int] = []
-    semi: list[list[int]] = []
+    q_gps: list[np.ndarray] = []
+    pos: list[np.ndarray] = []
+    semi: list[np.ndarray] = []
     offs: list[np.ndarray] = []
     missing_panos: list[str] = []
     lost_positive = 0
@@ -185,32 +178,27 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
     for city in cities:
         lbl = root / "splits" / city / label_name
         panos, sats, deltas, lines = _read_label_file(lbl)
-        pano_dir = root / city / "panorama"
-        ok = index.exists_many(pano_dir, panos)
-        base = str(pano_dir)
-        for k, (pano, four, ln) in enumerate(zip(panos, sats, lines)):
-            for s in four:
-                if (city, s) not in listed:
-                    raise MalformedRowError(lbl, ln, " ".join([pano] + four), f"tiles listed in "
-                                            f"splits/{city}/satellite_list.txt (unknown tile {s!r})")
-            try:
-                gps = parse_pano_name(pano)
-            except ValueError:
-                raise MalformedRowError(lbl, ln, pano, "a panorama named <prefix>,<lat>,<lon>,.jpg") from None
-            if not ok[k]:
-                missing_panos.append(f"{city}/panorama/{pano}")
-                continue
-            p = tile_index.get((city, four[0]))
-            if p is None:
-                lost_positive += 1
-                continue
-            sp = [tile_index.get((city, s), -1) for s in four[1:]]
-            lost_semi += sum(1 for x in sp if x < 0)
-            q_paths.append(os.path.join(base, pano))
-            q_gps.append(gps)
-            pos.append(p)
-            semi.append(sp)
-            offs.append(deltas[k])
+        unknown = {t for four in sats for t in four} - listed[city]
+        if unknown:  # name the first offending row
+            k = next(k for k, four in enumerate(sats) if set(four) & unknown)
+            bad = sorted(set(sats[k]) & unknown)[0]
+            raise MalformedRowError(lbl, lines[k], " ".join([panos[k]] + sats[k]), "tiles listed in "
+                                    f"splits/{city}/satellite_list.txt (unknown tile {bad!r})")
+        gps = _parse_names(panos, parse_pano_name, lbl, list(zip(lines, panos)),
+                           "a panorama named <prefix>,<lat>,<lon>,.jpg")
+        ok = np.array(index.exists_many(root / city / "panorama", panos), bool)
+        tid = tile_index[city]
+        idx = np.array([[tid.get(t, -1) for t in four] for four in sats], np.int64).reshape(-1, 4)
+        missing_panos.extend(f"{city}/panorama/{p}" for p, o in zip(panos, ok) if not o)
+        lost_positive += int((ok & (idx[:, 0] < 0)).sum())
+        keep = ok & (idx[:, 0] >= 0)
+        lost_semi += int((idx[keep, 1:] < 0).sum())
+        base = str(root / city / "panorama") + os.sep
+        q_paths.extend(base + p for p, k in zip(panos, keep) if k)
+        q_gps.append(gps[keep])
+        pos.append(idx[keep, 0])
+        semi.append(idx[keep, 1:])
+        offs.append(deltas[keep])
     missing_images(skipped, "missing_query_images", missing_panos, strict, name, root)
     if lost_positive:
         skipped["positive_tile_missing"] = lost_positive
@@ -218,17 +206,30 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
         skipped["semi_positive_tile_missing"] = lost_semi
 
     q = len(q_paths)
-    delta = np.asarray(offs, np.float64).reshape(q, 4, 2)
     return CrossViewSplit(
         name=name, root=str(root), split=split,
         queries=q_paths, references=ref_paths,
-        query_gps=np.asarray(q_gps, np.float64).reshape(q, 2),
-        reference_gps=np.asarray(ref_gps, np.float64).reshape(len(ref_paths), 2),
-        positive=np.asarray(pos, np.int64),
-        semi_positives=np.asarray(semi, np.int64).reshape(q, 3),
-        offsets=offsets_from_delta(delta, mpp),
+        query_gps=np.concatenate(q_gps).reshape(q, 2),
+        reference_gps=np.concatenate(ref_gps).reshape(len(ref_paths), 2),
+        positive=np.concatenate(pos).astype(np.int64),
+        semi_positives=np.concatenate(semi).reshape(q, 3),
+        offsets=offsets_from_delta(np.concatenate(offs).reshape(q, 4, 2), mpp),
         skipped=skipped, metres_per_pixel=mpp,
     )
+
+
+def _parse_names(names: list[str], parse, path: Path, rows: list[tuple[int, str]], expected: str) -> np.ndarray:
+    """(lat, lon) f64 (n, 2) parsed from file names; the first unparsable one → MalformedRowError."""
+    out = np.empty((len(names), 2), np.float64)
+    for k, nm in enumerate(names):
+        try:
+            out[k] = parse(nm)
+        except ValueError:
+            raise MalformedRowError(path, rows[k][0], rows[k][1], expected) from None
+    if not np.all(np.isfinite(out)):
+        k = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        raise MalformedRowError(path, rows[k][0], rows[k][1], expected + " (finite lat/lon)")
+    return out
 
 
 __all__ = ["load_vigor", "pixel_delta", "offsets_from_delta", "parse_pano_name", "parse_sat_name",
