@@ -85,14 +85,27 @@ def pano_distances(max_m: float = 160.0, near_m: float = 0.25, step_m: float = 0
 _DIST = pano_distances()
 
 
+# Standard-normal quantiles of 256 equiprobable bins: uniform bytes → Gaussian noise via a table lookup
+# (an order of magnitude faster than rng.normal on images; the noise is only cosmetic).
+def _normal_quantiles() -> np.ndarray:
+    from statistics import NormalDist
+
+    nd = NormalDist()
+    return np.array([nd.inv_cdf((k + 0.5) / 256.0) for k in range(256)], np.float64)
+
+
+_GAUSS_Q = _normal_quantiles()
+
+
 def finish(image: np.ndarray, cond: Conditions, rng: np.random.Generator) -> np.ndarray:
     """Tone curve + sensor noise: uint8 (H, W, 3) → uint8 (H, W, 3)."""
-    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** cond.gamma + 0.5, 0, 255).astype(np.uint8)
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** cond.gamma + 0.5, 0, 255).astype(np.int16)
     out = lut[image]
     if cond.noise > 0:
-        noise = rng.normal(0.0, cond.noise, out.shape).astype(np.float32)
-        out = np.clip(out.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
-    return out
+        table = np.rint(_GAUSS_Q * cond.noise).astype(np.int16)
+        out += table[rng.integers(0, 256, image.shape, dtype=np.uint8)]
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def render_tile(world: World, center: tuple[float, float], size: int, tile_res: float, cond: Conditions,

@@ -94,7 +94,8 @@ def _rect_local(canvas: Canvas, cx: float, cy: float, ang: float, ha: float, hb:
 
 
 def _jitter(rng: np.random.Generator, colour, amount: float = 12.0) -> np.ndarray:
-    return np.clip(np.asarray(colour, np.float32) + rng.normal(0, amount, 3), 0, 255).astype(np.float32)
+    n = rng.normal(0, amount, 3)
+    return np.array([min(255.0, max(0.0, float(c) + float(d))) for c, d in zip(colour, n)], np.float32)
 
 
 class CityBuilder:
@@ -113,10 +114,11 @@ class CityBuilder:
     def ground(self) -> None:
         c, rng = self.c, self.rng
         big = value_noise(rng, c.n, int(120 / c.res))
-        dirt = big > 0.55
-        c.material[:] = np.where(dirt, DIRT, GRASS)
-        col = np.where(dirt[..., None], np.float32(BASE_COLOUR[DIRT]), np.float32(BASE_COLOUR[GRASS]))
-        c.albedo[:] = col * (1.0 + 0.10 * self.tex[..., None] + 0.06 * big[..., None])
+        c.material[:] = np.where(big > 0.55, DIRT, GRASS).astype(np.uint8)
+        lut = np.zeros((256, 3), np.float32)
+        lut[DIRT], lut[GRASS] = BASE_COLOUR[DIRT], BASE_COLOUR[GRASS]
+        mod = 1.0 + 0.10 * self.tex + 0.06 * big
+        np.multiply(lut[c.material], mod[..., None], out=c.albedo)
 
     def river(self) -> None:
         c, rng = self.c, self.rng

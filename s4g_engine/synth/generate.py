@@ -22,7 +22,7 @@ from . import capture
 from .city import CityConfig, generate_world
 from .layouts import (CITY_ANCHORS, US_ANCHORS, VIGOR_CITIES, cvusa_paths, encode_image, vigor_pano_name,
                       vigor_sat_name, write_bytes_atomic, write_cvusa_index, write_meta, write_vigor_city_index)
-from .world import ROADLIKE, World
+from .world import ROADLIKE, WATER, World
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SynthConfig:
         if self.tile_res <= 0 or self.world_res <= 0:
             raise ValueError(f"tile_res/world_res must be > 0 metres per pixel, got {self.tile_res}/{self.world_res}")
         extent = self.tile_size * self.tile_res
-        if extent > 0.6 * self.district_m:
+        if extent > 0.4 * self.district_m:
             raise ValueError(f"tile extent {extent:.0f} m (tile_size × tile_res) is too large for districts of "
                              f"{self.district_m:.0f} m; lower --tile-size or tile_res")
         if not 0.0 < self.val_fraction < 1.0:
@@ -87,14 +87,19 @@ def sample_places(world: World, n: int, rng: np.random.Generator, spacing: float
                   box: tuple[float, float, float, float]) -> np.ndarray:
     """``n`` road points (x, y) inside ``box`` = (xmin, xmax, ymin, ymax) at least ``spacing`` m apart
     (relaxed by ×0.7 steps if the district is too small). float64 (n, 2)."""
-    road = np.isin(world.material, ROADLIKE) & (world.height <= 0.0)
-    r, c = np.nonzero(road)
-    x = world.x0 + (c + 0.5) * world.res
-    y = world.y0 - (r + 0.5) * world.res
-    ok = (x > box[0]) & (x < box[1]) & (y > box[2]) & (y < box[3])
-    x, y = x[ok], y[ok]
+    def cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r, c = np.nonzero(mask)
+        x = world.x0 + (c + 0.5) * world.res
+        y = world.y0 - (r + 0.5) * world.res
+        ok = (x > box[0]) & (x < box[1]) & (y > box[2]) & (y < box[3])
+        return x[ok], y[ok]
+
+    x, y = cells(np.isin(world.material, ROADLIKE) & (world.height <= 0.0))
+    if len(x) < 4 * n:   # tiny district: any open ground that is not water
+        logger.debug("only %d road cells for %d places: sampling open ground too", len(x), n)
+        x, y = cells((world.height <= 0.0) & (world.material != WATER))
     if len(x) < n:
-        raise RuntimeError(f"district has only {len(x)} road cells inside the sampling box; need {n}")
+        raise RuntimeError(f"district has only {len(x)} open cells inside the sampling box; need {n}")
     order = rng.permutation(len(x))
     chosen: list[tuple[float, float]] = []
     while spacing > 0.5:
@@ -152,6 +157,8 @@ class DistrictTask:
     k_city: int            # district index within the city
     out: str
     cfg: SynthConfig
+    size_m: float = 1000.0  # side of the district
+    grid: int = 0           # VIGOR: tiles per side of the district's tile grid
 
 
 def run_district(task: DistrictTask) -> dict:
@@ -161,12 +168,12 @@ def run_district(task: DistrictTask) -> dict:
     lat, lon = _anchor(cfg, task.city, task.k_city, k)
     name = task.city or f"district{k:03d}"
     world = generate_world(_district_seed(cfg.seed, k), lat, lon, name,
-                           CityConfig(size_m=cfg.district_m, res=cfg.world_res))
+                           CityConfig(size_m=task.size_m, res=cfg.world_res))
     t_world = time.perf_counter() - t0
     rng = np.random.default_rng([cfg.seed, k, 0x91ACE])
     out = Path(task.out)
     extent = cfg.tile_size * cfg.tile_res
-    half = cfg.district_m / 2
+    half = task.size_m / 2
     if task.city is None:
         m = extent / 2 + 5
         places = sample_places(world, task.n, rng, cfg.min_spacing_m, (-half + m, half - m, -half + m, half - m))
@@ -192,8 +199,7 @@ def _run_vigor_district(task: DistrictTask, world: World, rng: np.random.Generat
     cfg, k = task.cfg, task.k
     out = Path(task.out) / task.city
     step = cfg.tile_size * cfg.tile_res / 2                 # 50 % overlap
-    half = cfg.district_m / 2
-    n_side = int((2 * (half - step)) // step) + 1         # tile centres stay ≥ one step inside the world
+    n_side = task.grid
     centres = (np.arange(n_side) - (n_side - 1) / 2) * step
     tiles = {}
     for gi, ty in enumerate(centres[::-1]):                # north → south, west → east
@@ -238,11 +244,15 @@ def plan(cfg: SynthConfig, out: Path) -> list[DistrictTask]:
     """District tasks of a dataset (depends only on cfg)."""
     tasks: list[DistrictTask] = []
     ppd = cfg.pairs_per_district
+    extent = cfg.tile_size * cfg.tile_res
     if cfg.layout == "cvusa":
         done = 0
         while done < cfg.pairs:
             n = min(ppd, cfg.pairs - done)
-            tasks.append(DistrictTask(len(tasks), n, done + 1, None, len(tasks), str(out), cfg))
+            # small districts for small datasets (same density of places per area)
+            size = min(cfg.district_m, max(2.5 * extent + 60.0, 300.0, cfg.district_m * math.sqrt(n / ppd)))
+            tasks.append(DistrictTask(len(tasks), n, done + 1, None, len(tasks), str(out), cfg,
+                                      size_m=10.0 * math.ceil(size / 10.0)))
             done += n
         return tasks
     per_city = [cfg.pairs // 4 + (1 if c < cfg.pairs % 4 else 0) for c in range(4)]
@@ -250,7 +260,10 @@ def plan(cfg: SynthConfig, out: Path) -> list[DistrictTask]:
         done, kc = 0, 0
         while done < n_city:
             n = min(ppd, n_city - done)
-            tasks.append(DistrictTask(len(tasks), n, done, city, kc, str(out), cfg))
+            # about 0.9 tiles per panorama, as in VIGOR (90,618 tiles / 105,214 panoramas)
+            grid = max(math.ceil(200.0 / (extent / 2)), math.ceil(math.sqrt(0.9 * n)))  # ≥ 200 m: some roads
+            size = (grid + 1) * extent / 2 + 2 * max(60.0, extent / 2)
+            tasks.append(DistrictTask(len(tasks), n, done, city, kc, str(out), cfg, size_m=size, grid=grid))
             done, kc = done + n, kc + 1
     return tasks
 

@@ -138,8 +138,12 @@ class Canvas:
             self.facade[sl][mask] = np.asarray(facade, np.float32)
 
     def to_world(self) -> World:
-        return World(self.height, np.clip(self.albedo + 0.5, 0, 255).astype(np.uint8),
-                     np.clip(self.facade + 0.5, 0, 255).astype(np.uint8), self.material, self.res,
+        def u8(a: np.ndarray) -> np.ndarray:
+            a += 0.5
+            np.clip(a, 0, 255, out=a)
+            return a.astype(np.uint8)
+
+        return World(self.height, u8(self.albedo), u8(self.facade), self.material, self.res,
                      self.x0, self.y0, self.lat, self.lon, self.name).finalise()
 
 
