@@ -121,10 +121,8 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
     if split.offsets.size and np.isfinite(split.query_gps).all() and np.isfinite(split.reference_gps).all():
-        from s4g_engine import topk_similarity  # VIGOR: metre error of the top-1 tile's centre (SPEC §7)
-
-        _, top = topk_similarity(q, r, 1)
-        errs = M.metre_errors(split.reference_gps[top[:, 0]], split.query_gps)
+        # VIGOR: metre error of the top-1 tile's centre (SPEC §7)
+        errs = M.localisation_errors(q, r, split.reference_gps, split.query_gps)
         res.update({f"metre_{k}": float(v) for k, v in errs.items()})
     res = {k: float(v) for k, v in res.items()}
     res["queries"] = float(len(split.queries))
