@@ -209,4 +209,5 @@ def test_engine_metrics_do_not_import_torch():
             "retrieval_metrics(e, e, np.arange(4), np.full((4, 3), -1))\n"
             "average_precision(e, e, np.arange(4), np.arange(4))\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # generous timeout: in an editable install the first import may rebuild the compiled core
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
