@@ -401,6 +401,26 @@ def test_dss_pads_when_too_few_references():
     assert (got[:, 4:] == -1).all()
 
 
+@needs_core
+def test_vigor_like_pipeline_dss_groups_semi_positives():
+    """DSS lists over tiles → build_batches with tile groups and semi-positive exclusion (SPEC §4, VIGOR)."""
+    rng = np.random.default_rng(12)
+    n_tiles, n, d = 150, 260, 16
+    tiles = rng.standard_normal((n_tiles, d)).astype(np.float32)
+    pos = rng.integers(0, n_tiles, n)
+    semi = np.stack([rng.choice(np.delete(np.arange(n_tiles), p), 3, replace=False) for p in pos])
+    ground = (tiles[pos] + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+    nb = dss_neighbours(ground, tiles, pos, 24, semi_positives=semi)
+    forbidden = semi_positive_forbidden(pos, semi)
+    batches, anchors = build_batches(nb, 16, 8, np.random.default_rng(0), groups=pos, forbidden=forbidden,
+                                     return_anchors=True)
+    flat = _check_invariants(nb, 16, 8, batches, anchors, pos, forbidden)
+    assert flat.size >= n - 3 * 16
+    for b in batches:  # no panorama meets a panorama of one of its semi-positive tiles
+        tb = set(pos[b].tolist())
+        assert not any(set(semi[i].tolist()) & tb for i in b)
+
+
 def test_dss_bad_inputs():
     g = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="same d"):
