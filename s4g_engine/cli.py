@@ -147,7 +147,8 @@ def _expand_images(items: Sequence[str]) -> list[str]:
     return out
 
 
-def _print_table(names: Sequence[str], res: Any, truth: np.ndarray | None = None) -> None:
+def _print_table(names: Sequence[str], res: Any, truth: np.ndarray | None = None,
+                 truth_ids: Sequence[str] | None = None) -> None:
     from s4g_engine.geo import haversine_m
 
     for i, name in enumerate(names):
@@ -157,6 +158,8 @@ def _print_table(names: Sequence[str], res: Any, truth: np.ndarray | None = None
             extra = ""
             if truth is not None:
                 extra = f"  error {float(haversine_m(truth[i, 0], truth[i, 1], lat, lon)):8.1f} m"
+            if truth_ids is not None and res.ids[i][r] == truth_ids[i]:
+                extra += "  <- the true tile"
             print(f"  #{r + 1}  score {res.scores[i, r]:.4f}  lat {lat:.6f}  lon {lon:.6f}  id {res.ids[i][r]}{extra}")
 
 
@@ -191,6 +194,7 @@ def _demo(args: argparse.Namespace) -> tuple[Any, list[str], np.ndarray]:
     loc.index_references(split.references, split.reference_gps, [Path(r).name for r in split.references])
     q = min(args.demo_queries, len(split.queries))
     print(f"demo: synthetic {layout} world (seed {args.demo_seed}) in {out}: {len(split.references)} tiles indexed")
+    args.demo_truth_ids = [Path(split.references[int(p)]).name for p in split.positive[:q]]
     return loc, list(split.queries[:q]), np.asarray(split.query_gps[:q])
 
 
@@ -234,13 +238,15 @@ def localise_main(argv: list[str] | None = None) -> int:
                     for r in range(res.scores.shape[1])]} for i in range(len(names))],
                 "timings": res.timings}, indent=1))
         else:
-            _print_table(names, res, truth)
+            truth_ids = getattr(args, "demo_truth_ids", None)
+            _print_table(names, res, truth, truth_ids)
             if truth is not None:
                 from s4g_engine.geo import haversine_m
 
                 err = haversine_m(truth[:, 0], truth[:, 1], res.coords[:, 0, 0], res.coords[:, 0, 1])
-                print(f"top-1 error: median {float(np.median(err)):.1f} m over {len(names)} panoramas "
-                      f"(index of {len(loc.index)} tiles)")
+                hits = sum(res.ids[i][0] == t for i, t in enumerate(truth_ids or []))
+                print(f"top-1 error: median {float(np.median(err)):.1f} m over {len(names)} panoramas; true tile "
+                      f"ranked first for {hits}/{len(names)} (index of {len(loc.index)} tiles)")
         if args.geojson:
             _write_json(Path(args.geojson), res.to_geojson(names))
             print(f"wrote {args.geojson} ({res.scores.size} candidate points)")

@@ -256,6 +256,7 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
                 timespec="seconds"), "versions": {"torch": torch.__version__, "timm": timm.__version__,
                                                   "onnx": onnx.__version__}},
         }
+        config = json.loads(json.dumps(config, default=str))  # tuples → lists, paths → str: what readers see
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _swap_into_place(tmp, out, produced={p.relative_to(tmp).parts[0] for p in tmp.iterdir()})
     except BaseException:
