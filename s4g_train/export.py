@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-split", default="train", help="split the calibration images come from")
     p.add_argument("--calib-images", type=int, default=512, help="number of calibration images per view")
     p.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile: batch 1…max")
+    p.add_argument("--train-command", default=None,
+                   help="the training command line, recorded in the provenance (when the checkpoint lacks it)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -356,10 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = info.get("config") or {}
     interp = args.interpolation or (cfg.get("data", {}) if isinstance(cfg, dict) else {}).get("interpolation") \
         or "bilinear"  # s4g_train.data.load_image's default
+    prov = _provenance(args.checkpoint, info, argv)
+    if args.train_command:
+        prov["train_command"] = args.train_command
     try:
         config = export_bundle(model, args.out, fp16=args.fp16, weights=args.weights,
                                with_features=args.with_features, opset=args.opset, interpolation=interp,
-                               provenance=_provenance(args.checkpoint, info, argv), tensorrt=trt_kwargs)
+                               provenance=prov, tensorrt=trt_kwargs)
     except (ExportError, ValueError) as exc:
         print(f"s4g-export: {exc}", file=sys.stderr)
         return 1
