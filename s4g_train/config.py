@@ -110,12 +110,15 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads (None = leave as is)
     time_budget_min: float | None = None  # stop gracefully so that training + final evaluation fit
+    # wall: real time. cpu: this process's CPU seconds / torch threads ≈ the wall time the run would take
+    # alone on the machine (for comparing runs on a shared, overloaded machine; slightly optimistic)
+    budget_clock: str = "wall"
     stop_after_epochs: int | None = None  # stop (as if killed) after this many epochs; resume continues
     save_every_steps: int | None = None  # also checkpoint inside an epoch every N steps
     steps_per_epoch: int | None = None  # cap the number of batches per epoch (smoke runs)
     final_eval: bool = True  # evaluate the best checkpoint on ``data.eval_split`` at the end
     compile: bool = False  # torch.compile the backbone
-    channels_last: bool = True
+    channels_last: bool = False  # NHWC activations: faster on CUDA, slower with bf16 on CPU (measured)
 
 
 @dataclass
@@ -325,6 +328,8 @@ def validate(cfg: Config) -> None:
     if s.strategy != "random" and s.k >= t.batch_size:
         bad(f"sampling.k={s.k} must be smaller than train.batch_size={t.batch_size} (the anchor and its k "
             "neighbours share one batch); lower sampling.k")
+    if t.budget_clock not in ("wall", "cpu"):
+        bad(f"train.budget_clock={t.budget_clock!r}: expected wall or cpu")
     if t.time_budget_min is not None and t.time_budget_min <= 0:
         bad(f"train.time_budget_min={t.time_budget_min}: must be > 0 (or null for no budget)")
     if cfg.optim.lr <= 0:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from s4g_train import checkpoint as ckpt
 from s4g_train.config import Config, build_config, load_yaml, apply_dict, save_yaml, split_cli_overrides, \
     set_override, validate
-from s4g_train.data import EpochBatchSampler, PairedTrainDataset, ViewDataset
+from s4g_train.data import EpochBatchSampler, ImageStore, PairedTrainDataset, ViewDataset, polar_source_size
 from s4g_train.evaluate import autocast_context, embed_dataset, evaluate_split, format_table, torch_embed_fns
 from s4g_train.model import S4GModel
 from s4g_train.runstate import (
@@ -124,7 +124,7 @@ class Trainer:
         from s4g_train import dist
         from s4g_train.losses import make_loss
 
-        self.t_start = time.perf_counter()
+        self.t_start, self.c_start = time.perf_counter(), time.process_time()
         self.cfg, self.run_dir = cfg, run_dir
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed:
@@ -339,6 +339,9 @@ class Trainer:
         return float(loss.detach()), hard
 
     def elapsed(self) -> float:
+        """Seconds of the run so far (over resumes), on the configured budget clock."""
+        if self.cfg.train.budget_clock == "cpu":
+            return self.elapsed_before + (time.process_time() - self.c_start) / max(1, torch.get_num_threads())
         return self.elapsed_before + time.perf_counter() - self.t_start
 
     def _eval_reserve(self) -> float:
@@ -379,7 +382,7 @@ class Trainer:
             e = self.epoch + 1
             if self.epoch_batches is None:
                 self.epoch_batches, self.batch_pos = self._build_epoch(), 0
-            t_ep = time.perf_counter()
+            t_ep, c_ep = time.perf_counter(), self.elapsed()
             hard_gps = batch_gps_m(self.train_split, self.epoch_batches) if self.main else None
             ws, r = cfg.train.batch_size // self.world, self.rank
             local = [b[r * ws:(r + 1) * ws] for b in self.epoch_batches]
@@ -391,7 +394,7 @@ class Trainer:
             bar = tqdm(loader, desc=f"epoch {e}/{self.planned_epochs}", disable=not self.main, leave=False,
                        mininterval=1.0)
             for g, a, _ in bar:
-                ts = time.perf_counter()
+                ts = self.elapsed()
                 if self._over_budget(last):
                     stopped = True
                     break
@@ -400,7 +403,7 @@ class Trainer:
                 hards.append(hard)
                 self.step += 1
                 self.batch_pos += 1
-                last = time.perf_counter() - ts
+                last = self.elapsed() - ts
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.sched.lr():.2e}")
                 if cfg.train.save_every_steps and self.step % cfg.train.save_every_steps == 0 \
                         and self.batch_pos < len(self.epoch_batches):
@@ -419,8 +422,9 @@ class Trainer:
                 "hardness_sim": float(np.mean(hards)) if hards else None, "hardness_gps_m": hard_gps,
                 "sampling": "dss" if self.dss_active else ("gps" if self.gps_nb is not None else "random"),
                 "time_s": round(epoch_s, 2), "elapsed_s": round(self.elapsed(), 1),
+                "wall_s": round(time.perf_counter() - self.t_start, 1),
             }
-            self._replan(epoch_s)
+            self._replan(self.elapsed() - c_ep)
             if e % cfg.eval.every == 0 or e == self.planned_epochs:
                 self._evaluate(e, max_queries=cfg.data.max_eval)
             # DSS: rank 0 mines, every rank receives the same lists (so all build identical global batches)
@@ -447,7 +451,8 @@ class Trainer:
             sp = split if split is not None else self.eval_split
             eg, ea = torch_embed_fns(self.model, mean=self.mean, std=self.std, batch_size=self.cfg.eval.batch_size,
                                      device=self.device, amp_dtype=self.amp_dtype,
-                                     num_workers=self.cfg.data.num_workers, draft=self.cfg.data.draft)
+                                     num_workers=self.cfg.data.num_workers, draft=self.cfg.data.draft,
+                                     progress=self.main, stores=self._eval_stores(sp, max_queries))
             t0 = time.perf_counter()
             res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries)
             n_img = res["queries"] + res["references"]
@@ -462,6 +467,22 @@ class Trainer:
         if self.distributed:
             self.dist.barrier() if hasattr(self.dist, "barrier") else torch.distributed.barrier()
         return res
+
+    def _eval_stores(self, sp: Any, max_queries: int | None) -> dict[str, ImageStore] | None:
+        """With ``data.cache_images`` the evaluation images are decoded once and kept (repeated evals)."""
+        if not self.cfg.data.cache_images:
+            return None
+        q = sp.queries[:max_queries] if max_queries is not None else sp.queries
+        key = (id(sp), len(q))
+        if getattr(self, "_stores_key", None) != key:
+            src = polar_source_size(self.cfg.model.aerial_size) if self.cfg.model.polar_aerial \
+                else tuple(self.cfg.model.aerial_size)
+            self._stores = {"ground": ImageStore(q, self.cfg.model.ground_size, cache=True, draft=self.cfg.data.draft,
+                                                 desc="decode eval ground"),
+                            "aerial": ImageStore(sp.references, src, cache=True, draft=self.cfg.data.draft,
+                                                 desc="decode eval aerial")}
+            self._stores_key = key
+        return self._stores
 
     def _save_last(self) -> None:
         if not self.main:
