@@ -470,7 +470,7 @@ def batch_hardness(batches: Sequence[np.ndarray], ground_emb: np.ndarray | None 
         hard, allneg, cnt = 0.0, 0.0, 0
         eye = np.eye(bsz, dtype=bool)
         for s in range(0, nbat, per):
-            sim = np.einsum("cbd,ced->cbe", g[ids[s:s + per]], a[ids[s:s + per]], dtype=np.float64)
+            sim = np.matmul(g[ids[s:s + per]], a[ids[s:s + per]].transpose(0, 2, 1)).astype(np.float64)
             allneg += float(np.where(eye, 0.0, sim).sum())
             hard += float(np.where(eye, -np.inf, sim).max(axis=2).sum())
             cnt += sim.shape[0] * bsz
