@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from s4g_engine.metrics import (average_precision, localisation_errors, metre_errors, ranks_to_metrics,
-                                retrieval_metrics)
+                                retrieval_metrics, university_metrics)
 
 R_EARTH = 6_371_004.0
 
@@ -188,15 +188,16 @@ def test_average_precision_vs_reference(seed, junk):
         gl = gl.copy()
         gl[rng.random(len(gl)) < 0.1] = -1
     want = ref_university(qf, ql, gf, gl)
-    got = average_precision(qf, gf, ql, gl, max_block_bytes=4 * len(gl) * 7)  # several query blocks
+    got = university_metrics(qf, gf, ql, gl, max_block_bytes=4 * len(gl) * 7)  # several query blocks
     for key in want:
         assert got[key] == pytest.approx(want[key], abs=1e-4), key
     assert 0 < got["AP"] < 100 and 0 < got["R@1"] < 100
+    assert average_precision(qf, gf, ql, gl) == pytest.approx(want["AP"], abs=1e-4)
 
 
 def test_average_precision_ties_rank_true_matches_first():
     gf = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)  # three items tie
-    got = average_precision(np.array([[1, 0]], np.float32), gf, np.array([7]), np.array([3, 7, 3, 7]))
+    got = university_metrics(np.array([[1, 0]], np.float32), gf, np.array([7]), np.array([3, 7, 3, 7]))
     # true matches (items 1, 3) rank at positions 0 (tie won) and 3: AP = ½(1+1)/2 + ½(1/3 + 2/4)/2
     assert got["AP"] == pytest.approx(100 * (0.5 * 1.0 + 0.5 * (1 / 3 + 2 / 4) / 2))
     assert got["R@1"] == 100.0
