@@ -115,6 +115,21 @@ def test_cvusa_gps_file_missing_or_malformed(tmp_path: Path) -> None:
     assert ei.value.location.endswith("all.csv:4")
 
 
+def test_crossviewsplit_validates_shapes() -> None:
+    ok = dict(name="x", root="/r", split="test", queries=["/q0", "/q1"], references=["/r0"],
+              query_gps=np.zeros((2, 2)), reference_gps=np.zeros((1, 2)), positive=[0, 0])
+    s = CrossViewSplit(**ok)
+    assert s.positive.dtype == np.int64 and s.semi_positives.shape == (2, 0) and s.offsets.shape == (2, 0, 2)
+    assert CrossViewSplit(**{**ok, "queries": [], "query_gps": np.zeros((0, 2)), "positive": [],
+                             "semi_positives": np.zeros((0, 3))}).semi_positives.shape == (0, 3)
+    for bad, match in ((dict(positive=[0, 1]), "positive"), (dict(query_gps=np.zeros((3, 2))), "query_gps"),
+                       (dict(semi_positives=[[0, 5, -1], [0, 0, 0]]), "semi_positives"),
+                       (dict(offsets=np.zeros((2, 4, 3))), "offsets"),
+                       (dict(query_classes=[1]), "query_classes")):
+        with pytest.raises(ValueError, match=match):
+            CrossViewSplit(**{**ok, **bad})
+
+
 def test_load_split_argument_errors(tmp_path: Path) -> None:
     root = make_cvusa(tmp_path / "c")
     with pytest.raises(ValueError, match="unknown dataset"):

@@ -69,11 +69,14 @@ class CrossViewSplit:
         if q and (pos.min() < 0 or pos.max() >= n):
             raise ValueError(f"CrossViewSplit.positive: indices must lie in [0, {n}), got [{pos.min()}, {pos.max()}]")
         semi = np.asarray(self.semi_positives, dtype=np.int64)
-        if semi.size == 0:
-            semi = np.zeros((q, 0), np.int64)
-        arr("semi_positives", semi, np.int64, (q, semi.shape[-1] if semi.ndim == 2 else -1))
+        if semi.size == 0 and not (semi.ndim == 2 and semi.shape[0] == q):
+            semi = np.zeros((q, 0), np.int64)       # "none" given in any empty form
+        semi = arr("semi_positives", semi, np.int64, (q, semi.shape[-1] if semi.ndim == 2 else -1))
+        if semi.size and (semi.min() < -1 or semi.max() >= n):
+            raise ValueError(f"CrossViewSplit.semi_positives: indices must lie in [-1, {n}), got "
+                             f"[{semi.min()}, {semi.max()}]")
         off = np.asarray(self.offsets, dtype=np.float64)
-        if off.size == 0:
+        if off.size == 0 and not (off.ndim == 3 and off.shape[0] == q):
             off = np.zeros((q, 0, 2), np.float64)
         arr("offsets", off, np.float64, (q, off.shape[1] if off.ndim == 3 else -1, 2))
         if self.query_classes is not None:

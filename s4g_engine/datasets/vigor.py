@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DirIndex, MalformedRowError, SplitFileNotFoundError, check_name, read_rows
+from ._io import DirIndex, MalformedRowError, check_name, read_rows
 from .base import CrossViewSplit, missing_images
 
 logger = logging.getLogger(__name__)
@@ -233,4 +233,4 @@ def _parse_names(names: list[str], parse, path: Path, rows: list[tuple[int, str]
 
 
 __all__ = ["load_vigor", "pixel_delta", "offsets_from_delta", "parse_pano_name", "parse_sat_name",
-           "read_metres_per_pixel", "CITIES", "CROSS_TRAIN", "CROSS_TEST", "SplitFileNotFoundError"]
+           "read_metres_per_pixel", "CITIES", "CROSS_TRAIN", "CROSS_TEST"]
