@@ -204,6 +204,8 @@ class Trainer:
             self.gps_nb = self._gps_neighbours() if self.main else None
             if self.distributed:
                 self.gps_nb = dist.broadcast_object(self.gps_nb)
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
         if resume:
             self._restore(run_dir / "checkpoints" / "last.pt")

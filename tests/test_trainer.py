@@ -115,7 +115,7 @@ def test_torchrun_two_process_smoke_run(tmp_path: Path) -> None:
     cmd = [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "s4g_train.trainer",
            *tiny_args(data, run, "--set", "train.epochs=2", "--set", "eval.every=1", "--set",
                       "sampling.dss_start_epoch=1")]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs = read_jsonl(run / "metrics.jsonl")
     epochs = [r for r in recs if r["event"] == "epoch"]
