@@ -18,7 +18,89 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from s4g_train.model import S4GModel
+
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ devices
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+_CPU_BF16: bool | None = None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX / ARM BF16) and correctly.
+
+    ``torch.backends.cpu.get_cpu_capability()`` reports "AVX512" on CPUs with and without the BF16
+    extension, so we read the CPU flags and, as a check, run a tiny bf16 matmul against float32.
+    Without native support bf16 autocast is emulated and several times *slower* than float32.
+    """
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        flags = ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                flags = " ".join(line for line in f if line.startswith(("flags", "Features")))
+        except OSError:
+            pass
+        cap = torch.backends.cpu.get_cpu_capability()
+        native = any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16")) or "AMX" in cap.upper()
+        ok = False
+        if native:
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g)
+            ref = a @ b
+            got = (a.bfloat16() @ b.bfloat16()).float()
+            ok = bool(torch.allclose(got, ref, rtol=0.05, atol=0.5))
+        _CPU_BF16 = native and ok
+    return _CPU_BF16
+
+
+def pick_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler). auto: fp16+scaler on CUDA, bf16 on capable CPUs."""
+    if mode == "off":
+        return None, False
+    if mode == "auto":
+        if device.type == "cuda":
+            return torch.float16, True
+        return (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
+    if mode == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16, auto or off on CPU")
+    return torch.float16, True
+
+
+class Encoder(torch.nn.Module):
+    """What DDP wraps: both embeddings and the scale come out of ``forward`` (so DDP sees every parameter)."""
+
+    def __init__(self, model: S4GModel, channels_last: bool) -> None:
+        super().__init__()
+        self.net = model
+        self.channels_last = channels_last
+
+    def forward(self, ground: torch.Tensor, aerial: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            ground = ground.contiguous(memory_format=torch.channels_last)
+            aerial = aerial.contiguous(memory_format=torch.channels_last)
+        if ground.shape[1:] == aerial.shape[1:]:
+            # Same input size (polar tile): one pass over both views is faster than two smaller ones.
+            e = self.net.embed(torch.cat([ground, aerial]))
+            g, a = e[: len(ground)], e[len(ground):]
+        else:
+            g, a = self.net.embed(ground), self.net.embed(aerial)
+        return g, a, self.net.scale()
+
+
 
 
 class CosineWarmup:
