@@ -17,6 +17,7 @@ from s4g_engine.synth.reference import render_panorama_ref, render_tile_ref
 from s4g_engine.synth.world import ASPHALT, GRASS, N_MATERIALS, ROOFTOP, World
 
 TINY = dict(tile_size=64, pano_size=(32, 128), district_m=400.0, pairs_per_district=4, contact_pairs=2)
+SERIAL = dict(TINY, workers=1)
 
 
 def flat_world(size_m: float = 200.0, res: float = 0.5) -> World:
@@ -154,13 +155,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cvusa_root(tmp_path_factory) -> Path:
-    return generate_dataset("cvusa", tmp_path_factory.mktemp("cv") / "d", pairs=10, seed=7, workers=1, **TINY)
+    return generate_dataset("cvusa", tmp_path_factory.mktemp("cv") / "d", pairs=10, seed=7, **SERIAL)
 
 
 def test_determinism_and_workers(cvusa_root, tmp_path):
     again = generate_dataset("cvusa", tmp_path / "again", pairs=10, seed=7, workers=2, **TINY)
     assert tree_digest(cvusa_root) == tree_digest(again)
-    other = generate_dataset("cvusa", tmp_path / "other", pairs=10, seed=8, workers=1, **TINY)
+    other = generate_dataset("cvusa", tmp_path / "other", pairs=10, seed=8, **SERIAL)
     a, b = tree_digest(cvusa_root), tree_digest(other)
     assert a.keys() == b.keys()
     assert sum(a[k] != b[k] for k in a if k.endswith(".jpg")) == 20
@@ -192,7 +193,7 @@ def test_vigor_layout_and_offsets(tmp_path):
     datasets = pytest.importorskip("s4g_engine.datasets", reason="datasets reader not available yet")
     from s4g_engine.datasets.vigor import parse_pano_name, parse_sat_name
 
-    root = generate_dataset("vigor", tmp_path / "v", pairs=12, seed=1, **TINY)
+    root = generate_dataset("vigor", tmp_path / "v", pairs=12, seed=1, **SERIAL)
     assert (root / "meta.json").is_file()
     for name, split in (("vigor-same", "train"), ("vigor-same", "test"), ("vigor-cross", "train"), ("vigor-cross", "test")):
         sp = datasets.load_split(name, root, split, strict=True)
@@ -217,7 +218,7 @@ def test_polar_tile_correlates_with_own_panorama(tmp_path):
     from s4g_engine import polar_transform
 
     root = generate_dataset("cvusa", tmp_path / "c", pairs=16, seed=3, tile_size=128, pano_size=(64, 256),
-                            district_m=500.0, pairs_per_district=16, contact_pairs=0)
+                            district_m=500.0, pairs_per_district=16, contact_pairs=0, workers=1)
     H, W, A = 64, 256, 128
     elev = math.pi / 4 - (np.arange(H) + 0.5) * (math.pi / 2) / H
     sigs_t, sigs_p = [], []
@@ -270,7 +271,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(FileExistsError, match="force"):
-        generate_dataset("cvusa", tmp_path / "full", pairs=2, **TINY)
+        generate_dataset("cvusa", tmp_path / "full", pairs=2, **SERIAL)
     from s4g_engine.synth.cli import main
 
     assert main(["--layout", "cvusa", "--out", str(tmp_path / "full"), "--pairs", "2"]) == 2

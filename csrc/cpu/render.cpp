@@ -96,6 +96,19 @@ inline int resolve_threads(int threads) {
 
 inline double frac(double v) { return v - std::floor(v); }
 
+// Highest cell of the raster window covering [xmin, xmax] × [ymin, ymax] (clamped to the raster, so it
+// also covers the edge cells that clamped lookups return). Shadow rays above it cannot be blocked: using
+// it instead of the world maximum stops them early without changing any result.
+double local_max(const World& w, double xmin, double xmax, double ymin, double ymax) {
+  const Cell a = lookup(w, xmin, ymax), b = lookup(w, xmax, ymin);
+  float m = 0.0f;
+  for (int64_t r = a.r; r <= b.r; ++r) {
+    const float* row = w.height + r * w.cols;
+    for (int64_t c = a.c; c <= b.c; ++c) m = std::max(m, row[c]);
+  }
+  return std::min(w.hmax, static_cast<double>(m));
+}
+
 }  // namespace
 
 double max_height(const float* height, int64_t n) {
@@ -110,8 +123,11 @@ uint8_t max_material(const uint8_t* material, int64_t n) {
   return m;
 }
 
-void render_panorama(const World& w, const Light& l, const PanoParams& p, uint8_t* out, int threads) {
+void render_panorama(const World& world, const Light& l, const PanoParams& p, uint8_t* out, int threads) {
   const int H = p.height, W = p.width;
+  World w = world;
+  const double reach = (p.n_dist > 0 ? p.dist[p.n_dist - 1] : 0.0) + l.shadow_max + w.res;
+  w.hmax = local_max(w, p.cam_x - reach, p.cam_x + reach, p.cam_y - reach, p.cam_y + reach);
   const Sun sun = make_sun(l);
   std::vector<double> tan_el(H), elev(H);
   const double step = (p.elev_top - p.elev_bottom) / static_cast<double>(H);
@@ -202,8 +218,11 @@ void render_panorama(const World& w, const Light& l, const PanoParams& p, uint8_
   }
 }
 
-void render_tile(const World& w, const Light& l, const TileParams& p, uint8_t* out, int threads) {
+void render_tile(const World& world, const Light& l, const TileParams& p, uint8_t* out, int threads) {
   const int S = p.size;
+  World w = world;
+  const double reach = S / 2.0 * p.res + l.shadow_max + 2.0 * w.res;
+  w.hmax = local_max(w, p.center_x - reach, p.center_x + reach, p.center_y - reach, p.center_y + reach);
   const Sun sun = make_sun(l);
   const int nt = resolve_threads(threads);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 4)

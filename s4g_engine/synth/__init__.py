@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .generate import GENERATOR_VERSION, LAYOUTS, SynthConfig, config_to_meta, plan, run_tasks, write_layout
+from .generate import GENERATOR_VERSION, SynthConfig, config_to_meta, plan, run_tasks, write_layout
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ __all__ = ["generate_dataset", "SynthConfig", "GENERATOR_VERSION"]
 
 
 def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int = 0, *, tile_size: int = 256,
-                     pano_size: tuple[int, int] = (128, 512), workers: int = 1, force: bool = False,
+                     pano_size: tuple[int, int] = (128, 512), workers: int | None = None, force: bool = False,
                      contact_pairs: int = 8, **options) -> Path:
     """Generate a synthetic dataset in a real layout and return its root folder.
 
@@ -30,7 +30,8 @@ def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int 
         out: output folder; must be missing or empty unless ``force``.
         pairs: CVUSA pairs / VIGOR panoramas. seed: everything is a function of (options, seed).
         tile_size: satellite tile side (px); pano_size: panorama (height, width).
-        workers: processes (results do not depend on it). contact_pairs: rows of ``contact_sheet.png``.
+        workers: processes (results do not depend on it; default: CPU count, at most 8).
+        contact_pairs: rows of ``contact_sheet.png``.
         options: further :class:`SynthConfig` fields (tile_res, world_res, conditions, jpeg_quality, …).
 
     Writes the layout, ``meta.json`` (generator version, config, anchors, ``metres_per_pixel``) and
@@ -39,6 +40,8 @@ def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int 
     cfg = SynthConfig(layout=layout, pairs=int(pairs), seed=int(seed), tile_size=int(tile_size),
                       pano_size=(int(pano_size[0]), int(pano_size[1])), **options)
     cfg.validate()
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8)
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
     root = Path(out)

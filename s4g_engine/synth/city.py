@@ -14,24 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import (ASPHALT, BASE_COLOUR, BUILDING, CAR, DIRT, FIELD, GARDEN, GRASS, MARK_WHITE, MARK_YELLOW,
-                    PARKING, PAVING, ROOFTOP, SIDEWALK, TREE, WATER, Canvas, World, value_noise)
+from .landuse import LandUseMixin, _jitter
+from .world import (ASPHALT, BASE_COLOUR, BUILDING, CAR, DIRT, GRASS, MARK_WHITE, MARK_YELLOW, PAVING, ROOFTOP,
+                    SIDEWALK, TREE, WATER, Canvas, World, value_noise)
 
 logger = logging.getLogger(__name__)
 
-# Building styles: (roof colours, facade colours, height range m, roof kind). Blocks pick one style, so
-# the same look repeats across the district (hard negatives); each building jitters the colour a little.
-STYLES = (
-    (((150, 70, 60), (170, 90, 70), (120, 60, 55)), ((200, 170, 140), (220, 200, 170)), (5, 8), "gable"),
-    (((90, 90, 95), (70, 75, 80)), ((230, 225, 215), (200, 200, 195)), (5, 9), "gable"),
-    (((120, 110, 100), (140, 135, 125)), ((150, 80, 60), (170, 100, 75)), (10, 22), "flat"),
-    (((200, 200, 195), (185, 185, 180)), ((120, 130, 140), (100, 110, 125)), (25, 60), "flat"),
-    (((60, 60, 62), (80, 80, 85)), ((90, 120, 150), (110, 140, 165)), (30, 75), "flat"),
-    (((210, 205, 190), (225, 220, 210)), ((200, 195, 180),), (6, 12), "flat"),
-    (((160, 120, 80), (140, 100, 70)), ((235, 225, 200), (215, 200, 170)), (8, 16), "flat"),
-    (((100, 130, 120), (80, 115, 105)), ((180, 180, 175), (160, 150, 140)), (12, 30), "flat"),
-)
-STYLE_FOR_USE = {"dense": (2, 6, 7, 5), "towers": (3, 4, 7), "houses": (0, 1), "industrial": (5, 3)}
 TREE_COLOURS = ((58, 96, 44), (70, 110, 50), (46, 80, 40), (88, 118, 56), (64, 90, 36))
 CAR_COLOURS = ((200, 30, 30), (30, 60, 160), (230, 230, 230), (20, 20, 22), (150, 150, 155), (200, 170, 40))
 CHARACTERS = {  # land-use weights per district character
@@ -65,6 +53,7 @@ class Segment:
     cross_a: float       # half-width of the road crossing at a (0 at the world edge)
     cross_b: float
     yellow: bool
+    trees: bool = False  # street trees along both sidewalks
 
 
 def _seg_local(canvas: Canvas, a: np.ndarray, b: np.ndarray, pad: float):
@@ -93,13 +82,10 @@ def _rect_local(canvas: Canvas, cx: float, cy: float, ang: float, ha: float, hb:
     return sl, a, b
 
 
-def _jitter(rng: np.random.Generator, colour, amount: float = 12.0) -> np.ndarray:
-    n = rng.normal(0, amount, 3)
-    return np.array([min(255.0, max(0.0, float(c) + float(d))) for c, d in zip(colour, n)], np.float32)
-
-
-class CityBuilder:
+class CityBuilder(LandUseMixin):
     """Draws one district into a canvas. Use :func:`generate_world`."""
+
+    _rect = staticmethod(_rect_local)
 
     def __init__(self, seed: int, lat: float, lon: float, name: str, cfg: CityConfig) -> None:
         self.rng = np.random.default_rng(seed)
@@ -176,8 +162,7 @@ class CityBuilder:
                     if not ln["avenue"] and h0 > 0 and h1 > 0 and rng.random() < cfg.p_remove_segment:
                         continue
                     self.segments.append(Segment(ln["p"] + s0 * ln["d"], ln["p"] + s1 * ln["d"], ln["hw"],
-                                                 ln["avenue"], h0, h1, ln["yellow"]))
-                    self.segments[-1].trees = ln["trees"]  # type: ignore[attr-defined]
+                                                 ln["avenue"], h0, h1, ln["yellow"], ln["trees"]))
         return vert, horz
 
     def draw_segments(self, segs: list[Segment], markings_mask_other: bool = False) -> None:
@@ -328,7 +313,9 @@ class CityBuilder:
         m = (r < 1) & (c.height[sl] < h) & ~np.isin(c.material[sl], (BUILDING, ROOFTOP, WATER))
         col = _jitter(self.rng, colour if colour is not None else TREE_COLOURS[int(self.rng.integers(len(TREE_COLOURS)))], 8)
         albedo = col * (0.75 + 0.35 * (1 - r))[..., None] * (1 + 0.15 * self.tex[sl][..., None])
-        c.paint(sl, m, TREE, albedo, height=h, facade=col * 0.8)
+        if m.any():   # foliage seen from the side: darker than from above, with leafy texture
+            c.paint(sl, m, TREE, albedo, height=h)
+            c.facade[sl][m] = (col * 0.8)[None, :] * (0.75 + 0.35 * self.tex[sl][m][:, None] + 0.1 * (1 - r[m])[:, None])
 
     def car(self, xy, ang: float) -> None:
         c = self.c
@@ -340,138 +327,6 @@ class CityBuilder:
         col = _jitter(self.rng, CAR_COLOURS[int(self.rng.integers(len(CAR_COLOURS)))], 10)
         c.paint(sl, m, CAR, col * np.where(np.abs(a)[..., None] < 1.0, 0.7, 1.0), height=1.5, facade=col * 0.85)
 
-    def _style(self, use: str):
-        return STYLES[int(self.rng.choice(STYLE_FOR_USE[use]))]
-
-    def _use_dense(self, centre, hu, hv) -> None:
-        rng = self.rng
-        self._ground_rect(centre, hu, hv, PAVING if rng.random() < 0.5 else PARKING, BASE_COLOUR[PAVING])
-        roofs, facades, (hlo, hhi), kind = self._style("dense")
-        depth = rng.uniform(10, 18)
-        for side in range(4):
-            along_u = side < 2
-            length = 2 * (hu if along_u else hv)
-            pos = -length / 2
-            while pos < length / 2 - 6:
-                w = min(rng.uniform(10, 26), length / 2 - pos)
-                if w < 6:
-                    break
-                mid = pos + w / 2
-                if along_u:
-                    u, v = mid, (hv - depth / 2) * (1 if side == 0 else -1)
-                    ha, hb = w / 2 - 0.3, depth / 2
-                else:
-                    u, v = (hu - depth / 2) * (1 if side == 2 else -1), mid
-                    ha, hb = depth / 2, w / 2 - 0.3
-                    if abs(v) > hv - depth:      # corners already covered by the u-sides
-                        pos += w
-                        continue
-                self.building(self._local_to_xy(centre, u, v), ha, hb, rng.uniform(hlo, hhi),
-                              _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
-                              _jitter(rng, facades[int(rng.integers(len(facades)))], 8), kind)
-                pos += w
-        if rng.random() < 0.5:
-            self.tree(centre, rng.uniform(3, 5), rng.uniform(7, 11))
-
-    def _use_towers(self, centre, hu, hv) -> None:
-        rng = self.rng
-        self._ground_rect(centre, hu, hv, PAVING, BASE_COLOUR[PAVING])
-        roofs, facades, (hlo, hhi), kind = self._style("towers")
-        n = int(rng.integers(1, 3))
-        for k in range(n):
-            su = hu / n
-            u = -hu + su * (2 * k + 1)
-            ha, hb = min(su - 4, rng.uniform(10, 24)), min(hv - 4, rng.uniform(10, 24))
-            if ha > 5 and hb > 5:
-                self.building(self._local_to_xy(centre, u, rng.uniform(-1, 1) * (hv - hb - 3)), ha, hb, rng.uniform(hlo, hhi),
-                              _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
-                              _jitter(rng, facades[int(rng.integers(len(facades)))], 8), kind)
-        for _ in range(int(rng.integers(2, 8))):
-            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.choice([-1, 1]) * (hv - 2)), rng.uniform(2, 3.2), rng.uniform(6, 9))
-
-    def _use_houses(self, centre, hu, hv) -> None:
-        rng = self.rng
-        self._ground_rect(centre, hu, hv, GARDEN, BASE_COLOUR[GARDEN], 0.12)
-        roofs, facades, (hlo, hhi), kind = self._style("houses")
-        lot_w = rng.uniform(14, 22)
-        for row_side in (-1, 1):
-            n = max(int(2 * hu // lot_w), 1)
-            for k in range(n):
-                u = -hu + lot_w * (k + 0.5)
-                v = row_side * hv / 2
-                hw_, hd_ = rng.uniform(4, 6.5), rng.uniform(4.5, 7)
-                xy = self._local_to_xy(centre, u, v + row_side * rng.uniform(-2, 2))
-                self.building(xy, hw_, hd_, rng.uniform(hlo, hhi) - 2, _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
-                              _jitter(rng, facades[int(rng.integers(len(facades)))], 8), kind)
-                if rng.random() < 0.7:
-                    self.tree(self._local_to_xy(centre, u + rng.uniform(-lot_w / 2, lot_w / 2), v - row_side * rng.uniform(hd_ + 2, max(hd_ + 2, hv / 2) + 1e-6)),
-                              rng.uniform(2, 4), rng.uniform(5, 10))
-
-    def _use_industrial(self, centre, hu, hv) -> None:
-        rng = self.rng
-        self._ground_rect(centre, hu, hv, DIRT if rng.random() < 0.5 else PARKING, (150, 140, 120))
-        roofs, facades, (hlo, hhi), kind = self._style("industrial")
-        ha, hb = hu * rng.uniform(0.5, 0.85), hv * rng.uniform(0.5, 0.85)
-        self.building(self._local_to_xy(centre, rng.uniform(-1, 1) * (hu - ha), rng.uniform(-1, 1) * (hv - hb)), ha, hb,
-                      rng.uniform(6, 12), _jitter(rng, roofs[0]), _jitter(rng, facades[0], 8), "flat")
-        for _ in range(int(rng.integers(0, 6))):
-            self.car(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)), self.theta + rng.choice([0, math.pi / 2]))
-
-    def _use_park(self, centre, hu, hv) -> None:
-        rng = self.rng
-        self._ground_rect(centre, hu, hv, GRASS, (90, 140, 62), 0.15)
-        loc = _rect_local(self.c, centre[0], centre[1], self.theta + rng.uniform(-0.8, 0.8), hu * 1.5, 1.2)
-        if loc is not None:
-            sl, a, b = loc
-            self.c.paint(sl, (np.abs(b) < 1.2) & (np.abs(a) < hu * 1.5) & (self.c.material[sl] == GRASS), PAVING, (196, 184, 150))
-        if rng.random() < 0.4:
-            self._pond(centre, min(hu, hv) * rng.uniform(0.3, 0.6))
-        for _ in range(int(rng.integers(4, 20))):
-            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)), rng.uniform(2.5, 5), rng.uniform(6, 14))
-
-    def _pond(self, centre, radius) -> None:
-        c = self.c
-        win = c.window(centre[0] - radius - 3, centre[0] + radius + 3, centre[1] - radius - 3, centre[1] + radius + 3)
-        if win is None:
-            return
-        sl, X, Y = win
-        r = np.hypot(X - centre[0], (Y - centre[1]) * 1.4)
-        free = self._free(sl)
-        c.paint(sl, (r < radius + 2.5) & free, PAVING, (196, 184, 140))
-        c.paint(sl, (r < radius) & free, WATER, np.float32(BASE_COLOUR[WATER]) * (1 + 0.05 * self.tex[sl][..., None]))
-
-    def _use_pond(self, centre, hu, hv) -> None:
-        self._ground_rect(centre, hu, hv, GRASS, BASE_COLOUR[GRASS], 0.15)
-        self._pond(centre, min(hu, hv) * 0.8)
-
-    def _use_parking(self, centre, hu, hv) -> None:
-        rng, c = self.rng, self.c
-        self._ground_rect(centre, hu, hv, PARKING, BASE_COLOUR[PARKING], 0.05)
-        loc = _rect_local(c, centre[0], centre[1], self.theta, hu, hv)
-        if loc is not None:
-            sl, a, b = loc
-            stalls = (np.abs(a) < hu - 2) & ((a % 2.7) < 0.35) & ((np.abs(b) % 12.0) > 6.5) & (c.material[sl] == PARKING)
-            c.paint(sl, stalls, MARK_WHITE, BASE_COLOUR[MARK_WHITE])
-        for _ in range(int(rng.integers(3, 25))):
-            u = rng.uniform(-hu + 3, hu - 3)
-            v = rng.choice([-1, 1]) * (6.5 + 12.0 * rng.integers(0, max(int(hv // 12), 1)) + 3.0)
-            if abs(v) < hv:
-                self.car(self._local_to_xy(centre, u, v), self.theta + math.pi / 2)
-
-    def _use_field(self, centre, hu, hv) -> None:
-        rng, c = self.rng, self.c
-        if rng.random() < 0.5:
-            self._ground_rect(centre, hu, hv, DIRT, (150, 125, 90), 0.15)
-            return
-        self._ground_rect(centre, hu, hv, FIELD, BASE_COLOUR[FIELD], 0.04)
-        loc = _rect_local(c, centre[0], centre[1], self.theta, hu, hv)
-        if loc is not None:
-            sl, a, b = loc
-            fa, fb = hu - 4, hv - 4
-            lines = ((np.abs(np.abs(a) - fa) < 0.3) & (np.abs(b) <= fb)) | ((np.abs(np.abs(b) - fb) < 0.3) & (np.abs(a) <= fa)) \
-                | ((np.abs(a) < 0.3) & (np.abs(b) <= fb)) | (np.abs(np.hypot(a, b) - min(fa, fb) / 3) < 0.3)
-            c.paint(sl, lines & (c.material[sl] == FIELD), MARK_WHITE, (235, 235, 230))
-
     def street_trees_and_cars(self) -> None:
         rng, sw = self.rng, self.cfg.sidewalk_m
         for s in self.segments:
@@ -480,7 +335,7 @@ class CityBuilder:
                 continue
             u = (s.b - s.a) / L
             n = np.array([-u[1], u[0]])
-            if getattr(s, "trees", False):
+            if s.trees:
                 for t in np.arange(s.cross_a + 8, L - s.cross_b - 6, rng.uniform(8, 13)):
                     for side in (-1, 1):
                         if rng.random() < 0.85:

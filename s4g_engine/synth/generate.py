@@ -21,12 +21,12 @@ import numpy as np
 from . import capture
 from .city import CityConfig, generate_world
 from .layouts import (CITY_ANCHORS, US_ANCHORS, VIGOR_CITIES, cvusa_paths, encode_image, vigor_pano_name,
-                      vigor_sat_name, write_bytes_atomic, write_cvusa_index, write_meta, write_vigor_city_index)
+                      vigor_sat_name, write_bytes_atomic, write_cvusa_index, write_vigor_city_index)
 from .world import ROADLIKE, WATER, World
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 LAYOUTS = ("cvusa", "vigor")
 
 
