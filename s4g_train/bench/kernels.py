@@ -6,8 +6,8 @@ same thread count for every contender.
   indices/weights); batch 256 × 512²×3 → 128×512 (target ≥ 1.5× cv2.remap).
 * ``topk_similarity`` vs faiss ``IndexFlatIP`` and ``torch.mm`` + ``torch.topk`` (when importable):
   d=1024, N=100,000, Q=1,000, k=10, float32 (target ≥ 1.0× faiss); index agreement is reported.
-* ``positive_ranks`` vs chunked NumPy matmul + count: time and peak memory (resident-set high-water mark
-  reset before each contender), which must stay O(Q + N·d).
+* ``positive_ranks`` vs chunked NumPy matmul + count: time and peak extra heap memory (malloc in use,
+  sampled while each contender runs), which must stay O(Q + N·d).
 
 Prints a table and writes JSON (``--out``). Timings are the best of ``--repeat`` runs. torch, faiss and
 cv2 are optional and imported inside functions.
@@ -53,29 +53,58 @@ def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, out
 
 
-def _status_kb(key: str) -> int | None:
+def _malloc_in_use() -> Callable[[], int] | None:
+    """Bytes currently allocated through malloc (glibc mallinfo2: heap + mmapped chunks), or None."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fields = ["arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                  "keepcost"]
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(f, ctypes.c_size_t) for f in fields]
+
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
         return None
-    return None
+
+    def in_use() -> int:
+        m = libc.mallinfo2()
+        return int(m.uordblks + m.hblkhd)
+
+    return in_use
 
 
-def peak_memory(fn: Callable[[], Any]) -> tuple[float | None, Any]:
-    """Peak extra resident memory (MiB) while fn runs: resets the RSS high-water mark (Linux
-    /proc/self/clear_refs) and compares VmHWM with the RSS before. None where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+def peak_memory(fn: Callable[[], Any], interval: float = 0.0005) -> tuple[float | None, Any]:
+    """Peak extra heap memory (MiB) while fn runs, sampled every `interval` s from a second thread.
+
+    Counts every malloc/new of the process — NumPy's buffers and the C++ kernels' alike (both release
+    the GIL while they compute, so the sampler keeps running). None where mallinfo2 is unavailable."""
+    import threading
+
+    in_use = _malloc_in_use()
+    if in_use is None:
         return None, fn()
-    before = _status_kb("VmRSS")
-    out = fn()
-    peak = _status_kb("VmHWM")
-    if before is None or peak is None:
-        return None, out
-    return max(0.0, (peak - before) / 1024.0), out
+    base = in_use()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], in_use())
+            time.sleep(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], in_use())
+    return (peak[0] - base) / 2**20, out
 
 
 def set_threads(n: int) -> dict[str, Any]:
