@@ -78,6 +78,8 @@ class OrtEncoder:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = int(threads)
+        if os.environ.get("S4G_ORT_SPIN", "0") == "0":  # yield, do not spin: decode threads share the cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), so, providers=ort_providers(device))
         self.providers = self.session.get_providers()
         self.name = f"onnxruntime:{self.providers[0]}"
