@@ -97,21 +97,57 @@ def unwrap(model: torch.nn.Module) -> S4GModel:
             return m
 
 
-def load_model(path: str | os.PathLike[str], *, backbone: str | None = None,
-               allow_partial: bool = False) -> tuple[S4GModel, dict[str, Any]]:
+def _size(v: Any, name: str) -> tuple[int, int] | None:
+    """``(H, W)`` from a 2-sequence of positive ints, or None."""
+    if v is None:
+        return None
+    t = tuple(int(x) for x in v)
+    if len(t) != 2 or min(t) <= 0:
+        raise ValueError(f"{name} must be (H, W) with two positive ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, allow_partial: bool = False,
+               ground_size: Any = None, aerial_size: Any = None,
+               dataset: str | None = None) -> tuple[S4GModel, dict[str, Any]]:
     """Build the model stored at ``path`` and load its weights (strictly unless ``allow_partial``).
 
     Our own checkpoints carry their ``ModelConfig``; anything else is handed to
-    ``s4g_train.reference.load_reference_model`` (published Sample4Geo weights), which needs ``backbone``.
+    ``s4g_train.reference.load_reference`` (published Sample4Geo weights; backbone inferred from the shapes or
+    ``backbone``). ``ground_size`` / ``aerial_size`` ``(H, W)``: the input sizes for reference checkpoints
+    (which do not store them); a size not given comes from ``reference.paper_input_sizes(dataset)`` when
+    ``dataset`` is given, else from :class:`ModelConfig` (logged as a warning: wrong for CVUSA/CVACT). For
+    our own checkpoints a size that differs from the stored one is a ``ValueError`` (the model was trained at
+    it) and ``dataset`` is not used. ``info["input_sizes_from"]``: "checkpoint", "given", "paper:<dataset>",
+    "given+paper:<dataset>" or "default".
     Returns ``(model in eval mode, info)`` with info = epoch, metrics, config, format, missing/unexpected keys.
     """
-    payload = load_checkpoint(path)
-    if not is_s4g_checkpoint(payload):
+    gs, as_ = _size(ground_size, "ground_size"), _size(aerial_size, "aerial_size")
+    # .safetensors files are never ours; the reference reader handles them (and the .pth we read here)
+    payload = None if str(path).endswith(".safetensors") else load_checkpoint(path)
+    if payload is None or not is_s4g_checkpoint(payload):
         from s4g_train import reference  # viz helper's module: reference checkpoint format
 
-        model = reference.load_reference_model(path, backbone=backbone, allow_partial=allow_partial)
+        if gs is not None and as_ is not None:
+            origin = "given"
+        elif dataset:
+            pg, pa = reference.paper_input_sizes(dataset)
+            origin = ("given+" if (gs, as_) != (None, None) else "") + f"paper:{dataset}"
+            gs, as_ = gs or pg, as_ or pa
+            log.info("reference checkpoint %s stores no input sizes: ground %s, aerial %s (%s)", path, list(gs),
+                     list(as_), origin)
+        else:
+            origin = "given+default" if (gs, as_) != (None, None) else "default"
+            log.warning("reference checkpoint %s stores no input sizes and no dataset was named: using the "
+                        "ModelConfig defaults for the missing ones (ground %s, aerial %s), which are wrong for "
+                        "CVUSA/CVACT (ground 140x768); pass the dataset (--dataset) or the sizes", path,
+                        list(gs or ModelConfig().ground_size), list(as_ or ModelConfig().aerial_size))
+        # by path (a second read) so that every error message names the file
+        model, rinfo = reference.load_reference(path, backbone=backbone, allow_partial=allow_partial,
+                                                ground_size=gs, aerial_size=as_)
         return model, {"format": "sample4geo-reference", "epoch": None, "metrics": {}, "config": {},
-                       "path": str(path)}
+                       "missing_keys": rinfo["missing"], "unexpected_keys": rinfo["unexpected"],
+                       "reference": rinfo, "input_sizes_from": origin, "path": str(path)}
     if payload.get("version") != VERSION:
         raise ValueError(f"checkpoint {path}: format version {payload.get('version')} is not supported "
                          f"(this s4g reads version {VERSION})")
@@ -119,9 +155,18 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None,
     if backbone is not None and backbone != mcfg.backbone:
         raise ValueError(f"checkpoint {path} holds backbone {mcfg.backbone!r}, but {backbone!r} was requested; "
                          "omit the backbone argument for our own checkpoints")
+    for name, want, have in (("ground_size", gs, mcfg.ground_size), ("aerial_size", as_, mcfg.aerial_size)):
+        if want is not None and tuple(want) != tuple(have):
+            raise ValueError(f"checkpoint {path} was trained with {name} {list(have)}, but {list(want)} was "
+                             f"requested; omit the size option for our own checkpoints (they store their sizes)")
     mcfg.pretrained_file = None  # weights come from the checkpoint, never from the original init file
     model = S4GModel(mcfg)
-    result = model.load_state_dict(payload["model"], strict=not allow_partial)
+    try:
+        result = model.load_state_dict(payload["model"], strict=not allow_partial)
+    except RuntimeError as exc:  # torch names the missing/unexpected/mis-shaped keys; make it a ValueError
+        raise ValueError(f"checkpoint {path} does not match its own model config (backbone {mcfg.backbone!r}): "
+                         f"{exc}. Fix: use an intact checkpoint, or pass allow_partial / --allow-partial to load "
+                         "only the matching tensors") from exc
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if allow_partial and (missing or unexpected):
         log.warning("partial load of %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
@@ -133,6 +178,7 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None,
         "config": payload.get("config", {}),
         "missing_keys": missing,
         "unexpected_keys": unexpected,
+        "input_sizes_from": "checkpoint",
         "path": str(path),
     }
     return model, info

@@ -119,6 +119,11 @@ class TrainConfig:
     final_eval: bool = True  # evaluate the best checkpoint on ``data.eval_split`` at the end
     compile: bool = False  # torch.compile the backbone
     channels_last: bool = False  # NHWC activations: faster on CUDA, slower with bf16 on CPU (measured)
+    # fine-tune from: initialise the model weights from this checkpoint (ours or a published Sample4Geo one)
+    # before training; fresh optimiser and schedule (not a resume). Ignored on --resume (last.pt wins).
+    init: str | None = None
+    init_backbone: str | None = None  # timm name of a reference checkpoint (None = inferred from its shapes)
+    init_allow_partial: bool = False  # load only the matching tensors (named in the log); else strict
 
 
 @dataclass
@@ -338,6 +343,8 @@ def validate(cfg: Config) -> None:
         bad(f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be ≥ 0")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
         bad(f"train.label_smoothing={cfg.train.label_smoothing}: must be in [0, 1)")
+    if t.init is not None and not os.path.isfile(t.init):
+        bad(f"train.init={t.init!r}: no such checkpoint file; give our best.pt/last.pt or a published .pth")
     if cfg.eval.every < 1:
         bad(f"eval.every={cfg.eval.every}: must be ≥ 1")
     for name, size in (("model.ground_size", cfg.model.ground_size), ("model.aerial_size", cfg.model.aerial_size)):

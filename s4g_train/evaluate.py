@@ -116,8 +116,9 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     t_embed = time.perf_counter() - t0
     semi = split.semi_positives if split.semi_positives.size else None
     if split.query_classes is not None and split.reference_classes is not None:
-        res = dict(M.retrieval_metrics(q, r, split.positive, semi))
-        res["AP"] = float(M.average_precision(q, r, split.query_classes, split.reference_classes))
+        # University-1652: every gallery item of the query's class is a true match (sat→drone has many), so
+        # R@k and AP come from the class labels, as the University-1652 reference evaluation computes them.
+        res = dict(M.university_metrics(q, r, split.query_classes, split.reference_classes))
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
     if split.offsets.size and np.isfinite(split.query_gps).all() and np.isfinite(split.reference_gps).all():
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="dataset root (default: the checkpoint's)")
     p.add_argument("--split", default=None, help="train | val | test (default: the checkpoint's eval split)")
     p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="load a checkpoint with missing/unexpected keys (named in the log); default strict")
+    p.add_argument("--ground-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="ground input size for reference checkpoints (default: the paper's for --dataset)")
+    p.add_argument("--aerial-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="aerial input size for reference checkpoints (default: the paper's for --dataset)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -183,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    model, info = load_model(args.checkpoint, backbone=args.backbone)
+    try:
+        model, info = load_model(args.checkpoint, backbone=args.backbone, allow_partial=args.allow_partial,
+                                 ground_size=args.ground_size, aerial_size=args.aerial_size, dataset=args.dataset)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"s4g-eval: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
+        return 2
     data_cfg = (info.get("config") or {}).get("data", {})
     dataset = args.dataset or data_cfg.get("dataset")
     root = args.root or data_cfg.get("resolved_root") or data_cfg.get("root")
@@ -203,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table({name: res}))
     out = args.out or f"{args.checkpoint}.eval-{dataset}-{split_name}.json"
     write_json(out, {"checkpoint": str(args.checkpoint), "dataset": dataset, "root": str(root),
-                     "split": split_name, "metrics": res, "epoch": info.get("epoch")})
+                     "split": split_name, "metrics": res, "epoch": info.get("epoch"),
+                     "checkpoint_format": info.get("format"), "backbone": model.cfg.backbone,
+                     "ground_size": list(model.cfg.ground_size), "aerial_size": list(model.cfg.aerial_size),
+                     "input_sizes_from": info.get("input_sizes_from")})
     print(f"metrics written to {out}")
     if args.save_embeddings:
         d = Path(args.save_embeddings)

@@ -284,12 +284,18 @@ def _swap_into_place(tmp: Path, out: Path, produced: set[str]) -> None:
     os.chmod(out, 0o755)
 
 
-def load_for_export(checkpoint: str, backbone: str | None = None,
-                    allow_partial: bool = False) -> tuple[S4GModel, dict[str, Any]]:
-    """Our checkpoints and the reference format, through the trainer's :func:`s4g_train.checkpoint.load_model`."""
+def load_for_export(checkpoint: str, backbone: str | None = None, allow_partial: bool = False, *,
+                    ground_size: Sequence[int] | None = None, aerial_size: Sequence[int] | None = None,
+                    dataset: str | None = None) -> tuple[S4GModel, dict[str, Any]]:
+    """Our checkpoints and the reference format, through the trainer's :func:`s4g_train.checkpoint.load_model`.
+
+    Reference checkpoints store no input sizes: they come from ``ground_size`` / ``aerial_size`` ``(H, W)``,
+    else the paper's for ``dataset``; they end up in config.json's per-view ``input_size``.
+    """
     from s4g_train.checkpoint import load_model
 
-    return load_model(checkpoint, backbone=backbone, allow_partial=allow_partial)
+    return load_model(checkpoint, backbone=backbone, allow_partial=allow_partial, ground_size=ground_size,
+                      aerial_size=aerial_size, dataset=dataset)
 
 
 def _provenance(checkpoint: str, info: dict[str, Any], argv: Sequence[str]) -> dict[str, Any]:
@@ -311,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle folder to (re)write, e.g. models/NAME")
     p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
     p.add_argument("--allow-partial", action="store_true", help="load checkpoints with missing/unexpected keys")
+    p.add_argument("--dataset", default=None,
+                   help="reference checkpoints: take the paper's input sizes for this dataset (cvusa, cvact, "
+                        "vigor-same, vigor-cross, university-d2s, university-s2d)")
+    p.add_argument("--ground-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="reference checkpoints: ground input size (overrides --dataset's)")
+    p.add_argument("--aerial-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="reference checkpoints: aerial input size (overrides --dataset's)")
     p.add_argument("--fp16", action="store_true", help="also write *.fp16.onnx (float16 compute, for GPUs)")
     p.add_argument("--weights", choices=("fp32", "fp16"), default="fp32",
                    help="storage of the main graphs' weights (fp16 halves the files; compute stays fp32)")
@@ -351,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
                       "calib_root": args.calib_root, "calib_split": args.calib_split,
                       "calib_images": args.calib_images}
     try:
-        model, info = load_for_export(args.checkpoint, args.backbone, args.allow_partial)
+        model, info = load_for_export(args.checkpoint, args.backbone, args.allow_partial,
+                                      ground_size=args.ground_size, aerial_size=args.aerial_size,
+                                      dataset=args.dataset)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"s4g-export: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
@@ -359,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     interp = args.interpolation or (cfg.get("data", {}) if isinstance(cfg, dict) else {}).get("interpolation") \
         or "bilinear"  # s4g_train.data.load_image's default
     prov = _provenance(args.checkpoint, info, argv)
+    prov["input_sizes_from"] = info.get("input_sizes_from")
     if args.train_command:
         prov["train_command"] = args.train_command
     try:

@@ -32,7 +32,7 @@ from s4g_train.evaluate import autocast_context, embed_dataset, evaluate_split, 
 from s4g_train.model import S4GModel
 from s4g_train.runstate import (  # noqa: F401 - pick_device/pick_amp/cpu_has_native_bf16 are public here too
     CosineWarmup, Encoder, MetricsLog, batch_gps_m, cpu_has_native_bf16, get_rng_state, pick_amp, pick_device,
-    prepare_data, set_rng_state, train_r1,
+    init_weights, prepare_data, set_rng_state, train_r1,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ class Trainer:
         if cfg.data.max_train is not None:
             from s4g_train.evaluate import subset_split
             self.train_split = subset_split(self.train_split, cfg.data.max_train)
-        self.model = S4GModel(cfg.model).to(self.device)
+        self.model = S4GModel(cfg.model)
+        if cfg.train.init and not resume:  # fine-tune from a checkpoint (weights only; fresh optimiser)
+            init_weights(self.model, cfg.train.init, backbone=cfg.train.init_backbone,
+                         allow_partial=cfg.train.init_allow_partial)
+        self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         dc = self.model.data_config()
@@ -479,6 +483,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[s
                                     "university, synthetic)")
     p.add_argument("--config", help="a YAML config file (applied after the preset)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    p.add_argument("--init", metavar="CKPT", help="fine-tune: start from the weights of CKPT (our .pt or a "
+                   "published Sample4Geo .pth); fresh optimiser and schedule (= --train.init CKPT)")
+    p.add_argument("--backbone", help="timm backbone of a reference --init checkpoint (default: inferred)")
+    p.add_argument("--allow-partial", action="store_true", help="--init: copy only the matching tensors")
     p.add_argument("--run-dir", help="run folder (default: <train.runs_dir>/<train.name>)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -490,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=(logging.DEBUG if args.verbose else logging.INFO) if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for flag, key, val in (("--init", "train.init", args.init), ("--backbone", "train.init_backbone", args.backbone),
+                           ("--allow-partial", "train.init_allow_partial", "true" if args.allow_partial else None)):
+        if val is not None:
+            if args.resume:
+                print(f"s4g-train: {flag} starts a new run; it cannot be combined with --resume", file=sys.stderr)
+                return 2
+            overrides.append((key, val))
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "checkpoints" / "last.pt").is_file():
