@@ -22,17 +22,9 @@ from s4g_engine.kernels import (
 if TYPE_CHECKING:  # pragma: no cover
     from s4g_engine.localiser import Localiser, LocaliseResult
 
-__all__ = [
-    "polar_transform",
-    "inverse_polar",
-    "topk_similarity",
-    "positive_ranks",
-    "build_info",
-    "set_num_threads",
-    "get_num_threads",
-    "Localiser",
-    "LocaliseResult",
-]
+from s4g_engine import kernels as _kernels
+
+__all__ = [*_kernels.__all__, "Localiser", "LocaliseResult"]
 
 _LAZY = {"Localiser": "s4g_engine.localiser", "LocaliseResult": "s4g_engine.localiser"}
 

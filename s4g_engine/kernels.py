@@ -147,6 +147,19 @@ def _per_channel(name: str, v: Any, c: int, default: float) -> np.ndarray:
     return a
 
 
+
+def _norm_coeffs(mean: Any, std: Any, c: int, uint8: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(scale, bias)`` float32 so that out = x·scale + bias = (x/unit − mean)/std (unit 255 for
+    uint8 input, 1 for float); identity when neither mean nor std is given. Shared by the CPU and CUDA paths."""
+    m = _per_channel("mean", mean, c, 0.0)
+    s = _per_channel("std", std, c, 1.0)
+    if np.any(s <= 0):
+        raise ValueError(f"std must be > 0 per channel, got {s.tolist()}")
+    if mean is None and std is None:
+        return np.ones(c, np.float32), np.zeros(c, np.float32)
+    unit = 255.0 if uint8 else 1.0
+    return (1.0 / (unit * s)).astype(np.float32), (-m / s).astype(np.float32)
+
 def polar_transform(
     aerial: Any,
     height: int,
@@ -194,16 +207,8 @@ def polar_transform(
     a = np.ascontiguousarray(a)
     if a.dtype == np.float32:
         _check_finite("aerial", a.reshape(-1, c))
-    m = _per_channel("mean", mean, c, 0.0)
-    s = _per_channel("std", std, c, 1.0)
-    if np.any(s <= 0):
-        raise ValueError(f"std must be > 0 per channel, got {s.tolist()}")
-    if mean is None and std is None:
-        scale, bias = np.ones(c), np.zeros(c)
-    else:
-        unit = 255.0 if a.dtype == np.uint8 else 1.0
-        scale, bias = 1.0 / (unit * s), -m / s
-    out = _core.polar_transform(a, height, width, scale.astype(np.float32), bias.astype(np.float32))
+    scale, bias = _norm_coeffs(mean, std, c, a.dtype == np.uint8)
+    out = _core.polar_transform(a, height, width, scale, bias)
     return out[0] if single else out
 
 
@@ -415,15 +420,8 @@ def _cuda_polar_transform(aerial: Any, height: int, width: int, mean: Any, std: 
     u8 = ts != "<f4"
     if not u8 and b and cu.count_nonfinite(ptr, b * a * a, c, c, False):
         raise ValueError("aerial contains NaN/Inf value(s)")
-    m = _per_channel("mean", mean, c, 0.0)
-    s = _per_channel("std", std, c, 1.0)
-    if np.any(s <= 0):
-        raise ValueError(f"std must be > 0 per channel, got {s.tolist()}")
-    if mean is None and std is None:
-        scale, bias = np.ones(c), np.zeros(c)
-    else:
-        scale, bias = 1.0 / ((255.0 if u8 else 1.0) * s), -m / s
-    out = cu.polar_transform(ptr, b, a, c, u8, height, width, scale.astype(np.float32), bias.astype(np.float32))
+    scale, bias = _norm_coeffs(mean, std, c, u8)
+    out = cu.polar_transform(ptr, b, a, c, u8, height, width, scale, bias)
     out = _wrap(aerial, out)
     return out[0] if single else out
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+from typing import Any
 
 SUBCOMMANDS: dict[str, str] = {
     "kernels": "compiled core vs cv2.remap / faiss / torch / NumPy (polar, top-k, positive ranks)",
@@ -16,6 +18,16 @@ SUBCOMMANDS: dict[str, str] = {
     "engine": "end-to-end Localiser throughput and per-stage timings",
     "train": "training-step throughput",
 }
+
+
+def save_chart(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG (parent folders created) and close it; shared by the benchmarks."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _usage() -> str:

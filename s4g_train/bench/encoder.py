@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from s4g_train.bench import save_chart
+
 log = logging.getLogger(__name__)
 
 
@@ -173,10 +175,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("images / s")
     ax.set_title(f"encoder {results['backbone']} {results['input_size'][0]}×{results['input_size'][1]}, batch "
                  f"{results['batch']}, {results['threads']} threads")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

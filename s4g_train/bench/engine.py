@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from s4g_train.bench.encoder import machine_info, timeit, write_results
+from s4g_train.bench import save_chart
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Localiser end-to-end vs encoder, {results['input_size'][0]}×{results['input_size'][1]}, batch "
                  f"{results['batch']}, gallery {results['gallery']:,}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from s4g_train.bench.encoder import machine_info, write_results
+from s4g_train.bench import save_chart
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
                  f"{results['threads']} threads")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
