@@ -1,0 +1,103 @@
+"""Atomic file writes: the one implementation every writer of s4g uses.
+
+A file is written to a temporary file in the same folder, flushed and ``fsync``-ed, given ordinary
+permissions (``0o666`` minus the process umask — ``mkstemp`` alone would leave ``0o600``), then
+``os.replace``-d over the target, and the folder is ``fsync``-ed so the rename itself survives a power
+loss. A crash or ``kill -9`` at any point leaves either the old file or the new one, never a mix; the
+temporary file is removed when the writer raises.
+
+Atomic rename does not make a *snapshot* consistent: callers that serialise mutable objects must take
+their lock (or copy) before calling in here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_with", "fsync_dir"]
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; do it once per process (umask is process-wide anyway).
+    global _UMASK
+    if _UMASK is None:
+        cur = os.umask(0o022)
+        os.umask(cur)
+        _UMASK = cur
+    return _UMASK
+
+
+_UMASK: int | None = None
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """``fsync`` a folder so a rename inside it is durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it atomically becomes ``path``.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8 unless ``encoding`` says otherwise). The parent folder is
+    created when missing. If ``path`` is an existing folder, :class:`IsADirectoryError` is raised *before*
+    anything is written, so callers fail early instead of after expensive work.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"cannot write {str(p)!r}: it is a folder; give a file name inside it")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        kwargs: dict[str, Any] = {}
+        if mode == "w":
+            kwargs = {"encoding": encoding or "utf-8", "newline": newline}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(p.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8, ``\\n`` line ends)."""
+    with atomic_open(path, "w", encoding=encoding, newline="\n") as f:
+        f.write(text)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(binary_file)`` on a temporary file that atomically becomes ``path`` when it returns.
+
+    For writers that want a file object: ``np.savez``, ``torch.save``, ``Image.save``, ``faiss`` buffers.
+    """
+    with atomic_open(path, "wb") as f:
+        write(f)
