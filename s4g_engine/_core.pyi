@@ -2,9 +2,10 @@
 
 These are the raw bindings: they check their arguments only briefly. Use the validating façade
 (``s4g_engine.polar_transform`` etc., see ``s4g_engine/kernels.py``) unless you know the inputs are right.
-Conventions: SAFA polar layout (SPEC §9); canonical float32 scores (fused multiply-add, depth chunks of
-256) identical on every SIMD level and on the GPU; ranking = score desc, index asc; 64-bit indexing.
-The synthetic-world renderer functions (``render_*``) are documented by their owner (s4g_engine.synth).
+Conventions: SAFA polar layout (docs/METHOD.md §9); canonical float32 scores (fused multiply-add, depth
+chunks of 256) identical on every SIMD level and on the GPU; ranking = score desc, index asc; 64-bit indexing.
+The stub is complete (tests/test_stubs.py checks it against the built module). The synthetic-world renderer
+is not part of this production core: it is ``s4g_synth._render``.
 """
 
 from typing import Any
@@ -64,5 +65,3 @@ def available_simd_levels() -> str:
 
 def set_simd_level(level: str) -> None:
     """Force "avx512" | "avx2" | "generic" | "auto" (tests, benchmarks); ValueError if unavailable."""
-
-def __getattr__(name: str) -> Any: ...  # renderer bindings (owned by the synthetic-world component)

@@ -176,7 +176,14 @@ def _demo(args: argparse.Namespace) -> tuple[Any, list[str], np.ndarray]:
     data, another seed), index its tiles, return (localiser, a few panoramas, their true GPS)."""
     from s4g_engine.datasets import load_split
     from s4g_engine.localiser import read_bundle_config
-    from s4g_engine.synth import generate_dataset
+
+    try:  # the synthetic world is a separate package (s4g_synth); only the demo needs it
+        from s4g_synth import generate_dataset
+    except ImportError as exc:
+        from s4g_engine.errors import DependencyError
+
+        raise DependencyError(f"s4g-localise --demo needs the synthetic-world package s4g_synth ({exc}); it ships "
+                              "in the s4g distribution: reinstall s4g (pip install s4g) or run without --demo") from exc
 
     cfg = read_bundle_config(args.model, verify=False)
     ds = cfg.get("provenance", {}).get("dataset") or {}

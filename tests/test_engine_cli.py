@@ -103,7 +103,7 @@ def test_clear_failures(bundle, tiles, tmp_path, capsys):
 
 
 def test_demo_localises_synthetic_panoramas(bundle, tmp_path, capsys):
-    pytest.importorskip("s4g_engine.synth")
+    pytest.importorskip("s4g_synth")
     assert localise_main(["--model", str(bundle), "--demo", "--demo-dir", str(tmp_path / "world"),
                           "--demo-pairs", "24", "--demo-queries", "3", "--k", "3"]) == 0
     out = capsys.readouterr().out

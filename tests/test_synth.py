@@ -1,4 +1,5 @@
-"""Synthetic world: renderer geometry and parity, determinism, layouts readable by load_split, errors."""
+"""Synthetic world (s4g_synth): renderer geometry and parity, determinism, layouts readable by load_split, errors,
+package boundaries (torch-free, not imported by the engine, the deprecated old import path)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s4g_engine import _core
-from s4g_engine.synth import generate_dataset
-from s4g_engine.synth.capture import pano_distances
-from s4g_engine.synth.reference import render_panorama_ref, render_tile_ref
-from s4g_engine.synth.world import ASPHALT, GRASS, N_MATERIALS, ROOFTOP, World
+from s4g_synth import _render, generate_dataset
+from s4g_synth.capture import pano_distances
+from s4g_synth.reference import render_panorama_ref, render_tile_ref
+from s4g_synth.world import ASPHALT, GRASS, N_MATERIALS, ROOFTOP, World
 
 TINY = dict(tile_size=64, pano_size=(32, 128), district_m=400.0, pairs_per_district=4, contact_pairs=2)
 SERIAL = dict(TINY, workers=1)
@@ -42,8 +42,8 @@ def add_box(w: World, x0: float, x1: float, y0: float, y1: float, h: float, colo
 def pano(w: World, cam=(0.0, 0.0, 2.5), size=(64, 256), **kw) -> np.ndarray:
     gain = np.ones((N_MATERIALS, 3), np.float32)
     kw.setdefault("ambient", 1.0)   # no shading: colours come out exactly
-    return _core.render_panorama(w.height, w.albedo, w.facade, w.material, gain, pano_distances(),
-                                 res=w.res, x0=w.x0, y0=w.y0, camera=cam, size=size, hmax=w.hmax, threads=1, **kw)
+    return _render.render_panorama(w.height, w.albedo, w.facade, w.material, gain, pano_distances(),
+                                   res=w.res, x0=w.x0, y0=w.y0, camera=cam, size=size, hmax=w.hmax, threads=1, **kw)
 
 
 def is_colour(img: np.ndarray, colour, tol: int = 2) -> np.ndarray:
@@ -73,7 +73,6 @@ def test_tall_building_appears_at_its_azimuth_above_horizon(where, col_frac):
 
 def test_road_through_camera_appears_at_expected_columns():
     w = flat_world()
-    n = w.shape[0]
     _, c0 = w.cell(-1.5, 0.0)
     _, c1 = w.cell(1.49, 0.0)
     w.albedo[:, int(c0):int(c1) + 1] = (60, 60, 60)   # a 3 m north–south road under the camera
@@ -95,8 +94,8 @@ def test_tile_is_north_up_and_centred():
     w = flat_world()
     add_box(w, -2, 2, 20, 24, 5.0, (255, 0, 0))     # 22 m north of the centre
     gain = np.ones((N_MATERIALS, 3), np.float32)
-    tile = _core.render_tile(w.height, w.albedo, w.facade, w.material, gain, res=w.res, x0=w.x0, y0=w.y0,
-                             center=(0.0, 0.0), size=128, tile_res=0.5, ambient=1.0, hmax=w.hmax, threads=1)
+    tile = _render.render_tile(w.height, w.albedo, w.facade, w.material, gain, res=w.res, x0=w.x0, y0=w.y0,
+                               center=(0.0, 0.0), size=128, tile_res=0.5, ambient=1.0, hmax=w.hmax, threads=1)
     rr, cc = np.nonzero(is_colour(tile, (255, 0, 0)))
     assert abs(rr.mean() - (64 - 22 / 0.5)) < 1.0 and abs(cc.mean() - 64) < 1.0
 
@@ -124,8 +123,8 @@ def test_panorama_matches_reference(seed):
     cam = (float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5)), float(rng.uniform(1.5, 3.0)))
     kw = dict(elev_top=0.9, elev_bottom=-0.7, sun_azimuth=float(rng.uniform(0, 6.28)),
               sun_elevation=float(rng.uniform(0.3, 1.2)), ambient=0.5, shadow_step=0.7, shadow_max=20.0)
-    got = _core.render_panorama(w.height, w.albedo, w.facade, w.material, gain, dist, res=w.res, x0=w.x0,
-                                y0=w.y0, camera=cam, size=(24, 96), threads=2, **kw)
+    got = _render.render_panorama(w.height, w.albedo, w.facade, w.material, gain, dist, res=w.res, x0=w.x0,
+                                  y0=w.y0, camera=cam, size=(24, 96), threads=2, **kw)
     ref = render_panorama_ref(w, gain, dist, cam, (24, 96), **kw)
     diff = np.abs(got.astype(int) - ref.astype(int)).max(axis=-1)
     assert (diff == 0).mean() >= 0.995, f"{(diff > 0).sum()} pixels differ"
@@ -140,8 +139,8 @@ def test_tile_matches_reference(seed):
     kw = dict(sun_azimuth=float(rng.uniform(0, 6.28)), sun_elevation=float(rng.uniform(0.3, 1.2)), ambient=0.6,
               shadow_step=0.5, shadow_max=15.0)
     centre = (float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)))
-    got = _core.render_tile(w.height, w.albedo, w.facade, w.material, gain, res=w.res, x0=w.x0, y0=w.y0,
-                            center=centre, size=40, tile_res=0.37, threads=2, **kw)
+    got = _render.render_tile(w.height, w.albedo, w.facade, w.material, gain, res=w.res, x0=w.x0, y0=w.y0,
+                              center=centre, size=40, tile_res=0.37, threads=2, **kw)
     ref = render_tile_ref(w, gain, centre, 40, 0.37, **kw)
     diff = np.abs(got.astype(int) - ref.astype(int)).max(axis=-1)
     assert (diff == 0).mean() >= 0.995, f"{(diff > 0).sum()} pixels differ"
@@ -252,18 +251,18 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     args = (w.height, w.albedo, w.facade, w.material, gain, pano_distances(10.0))
     kw = dict(res=w.res, x0=w.x0, y0=w.y0, camera=(0.0, 0.0, 2.0), size=(8, 32))
     with pytest.raises(ValueError, match="float32"):
-        _core.render_panorama(w.height.astype(np.float64), *args[1:], **kw)
+        _render.render_panorama(w.height.astype(np.float64), *args[1:], **kw)
     with pytest.raises(ValueError, match="shape"):
-        _core.render_panorama(w.height, w.albedo[:-1], *args[2:], **kw)
+        _render.render_panorama(w.height, w.albedo[:-1], *args[2:], **kw)
     with pytest.raises(ValueError, match="material"):
-        _core.render_panorama(*args[:4], gain[:3], args[5], **kw)
+        _render.render_panorama(*args[:4], gain[:3], args[5], **kw)
     with pytest.raises(ValueError, match="increasing"):
-        _core.render_panorama(*args[:5], np.array([1.0, 0.5]), **kw)
+        _render.render_panorama(*args[:5], np.array([1.0, 0.5]), **kw)
     with pytest.raises(ValueError, match="sun_elevation"):
-        _core.render_panorama(*args, **kw, sun_elevation=0.0)
+        _render.render_panorama(*args, **kw, sun_elevation=0.0)
     with pytest.raises(ValueError, match="C-contiguous"):
-        _core.render_tile(w.height, np.asfortranarray(w.albedo), w.facade, w.material, gain, res=w.res, x0=w.x0,
-                          y0=w.y0, center=(0.0, 0.0), size=8, tile_res=0.5)
+        _render.render_tile(w.height, np.asfortranarray(w.albedo), w.facade, w.material, gain, res=w.res, x0=w.x0,
+                            y0=w.y0, center=(0.0, 0.0), size=8, tile_res=0.5)
     with pytest.raises(ValueError, match="layout"):
         generate_dataset("kitti", tmp_path / "x", pairs=4)
     with pytest.raises(ValueError, match="pairs"):
@@ -272,12 +271,69 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(FileExistsError, match="force"):
         generate_dataset("cvusa", tmp_path / "full", pairs=2, **SERIAL)
-    from s4g_engine.synth.cli import main
+    from s4g_synth.cli import main
 
     assert main(["--layout", "cvusa", "--out", str(tmp_path / "full"), "--pairs", "2"]) == 2
 
 
-def test_synth_does_not_import_torch():
-    code = ("import sys; from s4g_engine.synth import generate_dataset; import s4g_engine.synth.cli; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+# ---- package boundaries ----------------------------------------------------------------------------
+def _fresh(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "error::DeprecationWarning:__main__", "-c", code],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_synth_does_not_import_torch_or_the_trainer(tmp_path):
+    code = ("import sys; from s4g_synth import generate_dataset; import s4g_synth.cli, s4g_synth.reference; "
+            f"generate_dataset('cvusa', {str(tmp_path / 'w')!r}, pairs=2, seed=0, tile_size=32, pano_size=(16, 64), "
+            "district_m=300.0, contact_pairs=1, workers=1); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 's4g_train', 'timm')))")
+    proc = _fresh(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_engine_does_not_import_synth():
+    code = ("import sys, s4g_engine, s4g_engine.cli, s4g_engine.datasets; "
+            "print(sorted(m for m in sys.modules if m.startswith(('s4g_synth', 's4g_engine.synth'))))")
+    proc = _fresh(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_old_import_path_warns_and_reexports():
+    import importlib
+    import warnings
+
+    import s4g_synth
+
+    sys.modules.pop("s4g_engine.synth", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("s4g_engine.synth")
+    assert any(issubclass(w.category, DeprecationWarning) and "s4g_synth" in str(w.message) for w in caught)
+    assert old.generate_dataset is s4g_synth.generate_dataset
+    assert old.GENERATOR_VERSION == s4g_synth.GENERATOR_VERSION
+    assert old.SynthConfig is s4g_synth.GeneratorConfig            # the old name of the generator's config
+    with pytest.raises(AttributeError, match="s4g_synth"):
+        old.nothing_here
+    # the warning names the importing code, so Python's default filters show it in a script
+    proc = _fresh("import s4g_engine.synth")
+    assert proc.returncode != 0 and "DeprecationWarning" in proc.stderr and "s4g_synth" in proc.stderr
+
+
+def test_missing_pieces_give_clear_errors(monkeypatch):
+    import argparse
+
+    import s4g_synth
+    from s4g_engine.errors import DependencyError
+    from s4g_synth import capture
+
+    monkeypatch.delattr(s4g_synth, "_render", raising=False)
+    monkeypatch.setitem(sys.modules, "s4g_synth._render", None)     # the compiled renderer is not built
+    with pytest.raises(DependencyError, match="s4g_synth._render is not built"):
+        capture.render_tile(flat_world(20.0), (0.0, 0.0), 8, 0.5, capture.sample_conditions(np.random.default_rng(0)))
+    monkeypatch.setitem(sys.modules, "s4g_synth", None)             # the package itself is missing
+    from s4g_engine.cli import _demo
+
+    with pytest.raises(DependencyError, match="--demo needs the synthetic-world package s4g_synth"):
+        _demo(argparse.Namespace())

@@ -8,13 +8,11 @@ namespace s4g::bind {
 void register_polar(py::module_& m);    // bind_polar.cpp   : polar_transform, inverse_polar
 void register_search(py::module_& m);   // bind_search.cpp  : topk_similarity, positive_ranks
 void register_info(py::module_& m);     // bind_info.cpp    : build_info
-void register_render(py::module_& m);   // bind_render.cpp  : synthetic-world ray caster
 }  // namespace s4g::bind
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "s4g compiled core (C++17, OpenMP): polar transform, exact top-k, rank metrics, renderer";
+  m.doc() = "s4g compiled core (C++17, OpenMP): polar transform, exact top-k, rank metrics";
   s4g::bind::register_info(m);
   s4g::bind::register_polar(m);
   s4g::bind::register_search(m);
-  s4g::bind::register_render(m);
 }

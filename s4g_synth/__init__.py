@@ -1,8 +1,13 @@
-"""Synthetic cross-view world: a procedural city rendered as satellite tiles and ground panoramas, written
-in the real CVUSA / VIGOR layouts (SPEC §6) so that :func:`s4g_engine.datasets.load_split` reads it like
-real data. Torch-free.
+"""s4g_synth: the synthetic cross-view world. A procedural city rendered as satellite tiles and ground
+panoramas, written in the real CVUSA / VIGOR layouts (docs/METHOD.md §6) so that
+:func:`s4g_engine.datasets.load_split` reads it like real data.
 
->>> from s4g_engine.synth import generate_dataset
+A package of its own beside the production engine: its ray caster is the compiled module
+``s4g_synth._render`` (not part of ``s4g_engine._core``). It uses light parts of ``s4g_engine`` (geo, fileio,
+logs, errors, dataset conventions, the polar transform for the contact sheet) and never imports torch or
+``s4g_train``.
+
+>>> from s4g_synth import generate_dataset
 >>> root = generate_dataset("cvusa", "data/synth", pairs=300, seed=0)   # doctest: +SKIP
 """
 from __future__ import annotations
@@ -12,11 +17,13 @@ import os
 import time
 from pathlib import Path
 
-from .generate import GENERATOR_VERSION, SynthConfig, config_to_meta, plan, run_tasks, write_layout
+from s4g_engine.errors import InputError
+
+from .generate import GENERATOR_VERSION, GeneratorConfig, config_to_meta, plan, run_tasks, write_layout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["generate_dataset", "SynthConfig", "GENERATOR_VERSION"]
+__all__ = ["generate_dataset", "GeneratorConfig", "GENERATOR_VERSION"]
 
 
 def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int = 0, *, tile_size: int = 256,
@@ -32,18 +39,18 @@ def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int 
         tile_size: satellite tile side (px); pano_size: panorama (height, width).
         workers: processes (results do not depend on it; default: CPU count, at most 8).
         contact_pairs: rows of ``contact_sheet.png``.
-        options: further :class:`SynthConfig` fields (tile_res, world_res, conditions, jpeg_quality, …).
+        options: further :class:`GeneratorConfig` fields (tile_res, world_res, conditions, jpeg_quality, …).
 
     Writes the layout, ``meta.json`` (generator version, config, anchors, ``metres_per_pixel``) and
     ``contact_sheet.png``.
     """
-    cfg = SynthConfig(layout=layout, pairs=int(pairs), seed=int(seed), tile_size=int(tile_size),
-                      pano_size=(int(pano_size[0]), int(pano_size[1])), **options)
+    cfg = GeneratorConfig(layout=layout, pairs=int(pairs), seed=int(seed), tile_size=int(tile_size),
+                          pano_size=(int(pano_size[0]), int(pano_size[1])), **options)
     cfg.validate()
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     if workers < 1:
-        raise ValueError(f"workers: expected >= 1, got {workers}")
+        raise InputError(f"workers: expected >= 1, got {workers}")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a folder; choose another --out")
@@ -65,7 +72,7 @@ def generate_dataset(layout: str, out: str | os.PathLike, pairs: int, seed: int 
     return root
 
 
-def _write_contact_sheet(cfg: SynthConfig, root: Path, results: list[dict], n: int) -> None:
+def _write_contact_sheet(cfg: GeneratorConfig, root: Path, results: list[dict], n: int) -> None:
     from .contact import contact_sheet
     from .layouts import cvusa_paths
 

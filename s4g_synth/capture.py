@@ -108,15 +108,27 @@ def finish(image: np.ndarray, cond: Conditions, rng: np.random.Generator) -> np.
     return out.astype(np.uint8)
 
 
+def _renderer():
+    """The compiled ray caster ``s4g_synth._render``, imported on first use (importing the package, e.g. for
+    ``GENERATOR_VERSION``, does not need it)."""
+    try:
+        from s4g_synth import _render
+    except ImportError as exc:
+        from s4g_engine.errors import DependencyError
+
+        raise DependencyError(f"the synthetic-world renderer s4g_synth._render is not built ({exc}); rebuild the "
+                              "package (pip install -e . in a checkout) so that its compiled module exists") from exc
+    return _render
+
+
 def render_tile(world: World, center: tuple[float, float], size: int, tile_res: float, cond: Conditions,
                 threads: int = 1) -> np.ndarray:
     """North-up orthographic tile, uint8 (size, size, 3), before :func:`finish`."""
-    from s4g_engine import _core
-
-    return _core.render_tile(world.height, world.albedo, world.facade, world.material, cond.gain,
-                             res=world.res, x0=world.x0, y0=world.y0, center=center, size=size, tile_res=tile_res,
-                             sun_azimuth=cond.sun_azimuth, sun_elevation=cond.sun_elevation, ambient=cond.ambient,
-                             hmax=world.hmax, threads=threads)
+    render = _renderer()
+    return render.render_tile(world.height, world.albedo, world.facade, world.material, cond.gain,
+                              res=world.res, x0=world.x0, y0=world.y0, center=center, size=size, tile_res=tile_res,
+                              sun_azimuth=cond.sun_azimuth, sun_elevation=cond.sun_elevation, ambient=cond.ambient,
+                              hmax=world.hmax, threads=threads)
 
 
 def render_panorama(world: World, camera: tuple[float, float, float], size: tuple[int, int], cond: Conditions,
@@ -127,15 +139,14 @@ def render_panorama(world: World, camera: tuple[float, float, float], size: tupl
     the pixels are square, as in the 128×512 default.
     """
     half = math.radians(vfov_deg) / 2
-    return _core_pano(world, camera, size, cond, half, _DIST if dist is None else dist, threads)
+    return _render_pano(world, camera, size, cond, half, _DIST if dist is None else dist, threads)
 
 
-def _core_pano(world, camera, size, cond, half, dist, threads):
-    from s4g_engine import _core
-
-    return _core.render_panorama(world.height, world.albedo, world.facade, world.material, cond.gain, dist,
-                                 res=world.res, x0=world.x0, y0=world.y0, camera=camera, size=size,
-                                 elev_top=half, elev_bottom=-half, sun_azimuth=cond.sun_azimuth,
-                                 sun_elevation=cond.sun_elevation, ambient=cond.ambient,
-                                 sky_horizon=cond.sky_horizon, sky_zenith=cond.sky_zenith,
-                                 far_ground=(118, 122, 112), hmax=world.hmax, threads=threads)
+def _render_pano(world, camera, size, cond, half, dist, threads):
+    render = _renderer()
+    return render.render_panorama(world.height, world.albedo, world.facade, world.material, cond.gain, dist,
+                                  res=world.res, x0=world.x0, y0=world.y0, camera=camera, size=size,
+                                  elev_top=half, elev_bottom=-half, sun_azimuth=cond.sun_azimuth,
+                                  sun_elevation=cond.sun_elevation, ambient=cond.ambient,
+                                  sky_horizon=cond.sky_horizon, sky_zenith=cond.sky_zenith,
+                                  far_ground=(118, 122, 112), hmax=world.hmax, threads=threads)

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from s4g_engine.errors import InputError
+from s4g_engine.fileio import atomic_write_bytes
+
 from . import capture
 from .city import CityConfig, generate_world
 from .layouts import (CITY_ANCHORS, US_ANCHORS, VIGOR_CITIES, cvusa_paths, encode_image, vigor_pano_name,
-                      vigor_sat_name, write_bytes_atomic, write_cvusa_index, write_vigor_city_index)
+                      vigor_sat_name, write_cvusa_index, write_vigor_city_index)
 from .world import ROADLIKE, WATER, World
 
 logger = logging.getLogger(__name__)
@@ -31,8 +34,12 @@ LAYOUTS = ("cvusa", "vigor")
 
 
 @dataclass(frozen=True)
-class SynthConfig:
-    """Everything that determines the bytes of a generated dataset."""
+class GeneratorConfig:
+    """Everything that determines the bytes of a generated dataset.
+
+    (s4g_train's ``data.synth`` section only names a world to generate: layout, pairs, seed and
+    ``options``, the keyword arguments of :func:`s4g_synth.generate_dataset` that end up here.)
+    """
 
     layout: str = "cvusa"
     pairs: int = 1000                      # CVUSA: pairs; VIGOR: panoramas (over 4 cities)
@@ -53,26 +60,26 @@ class SynthConfig:
 
     def validate(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout: expected one of {LAYOUTS}, got {self.layout!r}")
+            raise InputError(f"layout: expected one of {LAYOUTS}, got {self.layout!r}")
         if not isinstance(self.pairs, (int, np.integer)) or self.pairs < 1:
-            raise ValueError(f"pairs: expected a positive integer, got {self.pairs!r}")
+            raise InputError(f"pairs: expected a positive integer, got {self.pairs!r}")
         if self.layout == "vigor" and self.pairs < 8:
-            raise ValueError(f"pairs: the VIGOR layout needs at least 8 panoramas (2 per city), got {self.pairs}")
+            raise InputError(f"pairs: the VIGOR layout needs at least 8 panoramas (2 per city), got {self.pairs}")
         if not 16 <= self.tile_size <= 4096:
-            raise ValueError(f"tile_size: expected 16..4096 pixels, got {self.tile_size}")
+            raise InputError(f"tile_size: expected 16..4096 pixels, got {self.tile_size}")
         h, w = self.pano_size
         if not (8 <= h <= 4096 and 16 <= w <= 8192):
-            raise ValueError(f"pano_size: expected (height 8..4096, width 16..8192), got {self.pano_size}")
+            raise InputError(f"pano_size: expected (height 8..4096, width 16..8192), got {self.pano_size}")
         if self.tile_res <= 0 or self.world_res <= 0:
-            raise ValueError(f"tile_res/world_res must be > 0 metres per pixel, got {self.tile_res}/{self.world_res}")
+            raise InputError(f"tile_res/world_res must be > 0 metres per pixel, got {self.tile_res}/{self.world_res}")
         extent = self.tile_size * self.tile_res
         if extent > 0.4 * self.district_m:
-            raise ValueError(f"tile extent {extent:.0f} m (tile_size × tile_res) is too large for districts of "
+            raise InputError(f"tile extent {extent:.0f} m (tile_size × tile_res) is too large for districts of "
                              f"{self.district_m:.0f} m; lower --tile-size or tile_res")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected (0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction: expected (0, 1), got {self.val_fraction}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality: expected 1..100, got {self.jpeg_quality}")
+            raise InputError(f"jpeg_quality: expected 1..100, got {self.jpeg_quality}")
 
 
 def _district_seed(seed: int, k: int) -> int:
@@ -121,7 +128,7 @@ def sample_places(world: World, n: int, rng: np.random.Generator, spacing: float
 
 
 def render_pair(world: World, tile_center: tuple[float, float], cam_xy: tuple[float, float],
-                rng: np.random.Generator, cfg: SynthConfig, *, render_tile: bool = True
+                rng: np.random.Generator, cfg: GeneratorConfig, *, render_tile: bool = True
                 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(tile uint8 (S, S, 3) or None, panorama uint8 (H, W, 3)) under independent capture conditions."""
     sat_cond = capture.sample_conditions(rng, strength=cfg.conditions)
@@ -135,7 +142,7 @@ def render_pair(world: World, tile_center: tuple[float, float], cam_xy: tuple[fl
     return tile, capture.finish(pano, gnd_cond, rng)
 
 
-def _anchor(cfg: SynthConfig, city: str | None, k_city: int, k: int) -> tuple[float, float]:
+def _anchor(cfg: GeneratorConfig, city: str | None, k_city: int, k: int) -> tuple[float, float]:
     if city is None:
         lat, lon = US_ANCHORS[k % len(US_ANCHORS)]
         ring = k // len(US_ANCHORS)
@@ -156,7 +163,7 @@ class DistrictTask:
     city: str | None       # VIGOR city, None for CVUSA
     k_city: int            # district index within the city
     out: str
-    cfg: SynthConfig
+    cfg: GeneratorConfig
     size_m: float = 1000.0  # side of the district
     grid: int = 0           # VIGOR: tiles per side of the district's tile grid
 
@@ -184,8 +191,8 @@ def run_district(task: DistrictTask) -> dict:
             tile, pano = render_pair(world, (x, y), cam, prng, cfg)
             pid = task.first_id + i
             sat_rel, pano_rel, _ = cvusa_paths(pid)
-            write_bytes_atomic(out / sat_rel, encode_image(tile, "jpg", cfg.jpeg_quality))
-            write_bytes_atomic(out / pano_rel, encode_image(pano, "jpg", cfg.jpeg_quality))
+            atomic_write_bytes(out / sat_rel, encode_image(tile, "jpg", cfg.jpeg_quality))
+            atomic_write_bytes(out / pano_rel, encode_image(pano, "jpg", cfg.jpeg_quality))
             slat, slon = world.to_latlon(x, y)
             glat, glon = world.to_latlon(*cam)
             rows.append((pid, float(slat), float(slon), float(glat), float(glon)))
@@ -229,18 +236,18 @@ def _run_vigor_district(task: DistrictTask, world: World, rng: np.random.Generat
         lat, lon = world.to_latlon(x, y)
         prefix = "".join(prng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"), 22))
         pname = vigor_pano_name(prefix, float(lat), float(lon))
-        write_bytes_atomic(out / "panorama" / pname, encode_image(pano, "jpg", cfg.jpeg_quality))
+        atomic_write_bytes(out / "panorama" / pname, encode_image(pano, "jpg", cfg.jpeg_quality))
         rows.append((pname, names, delta))
     for (gi, gj), (tx, ty, nm) in tiles.items():
         trng = np.random.default_rng([cfg.seed, k, gi, gj, 0x7173])
         cond = capture.sample_conditions(trng, strength=cfg.conditions)
         tile = capture.finish(capture.render_tile(world, (tx, ty), cfg.tile_size, cfg.tile_res, cond), cond, trng)
-        write_bytes_atomic(out / "satellite" / nm, encode_image(tile, "png"))
+        atomic_write_bytes(out / "satellite" / nm, encode_image(tile, "png"))
     return {"k": k, "city": task.city, "rows": rows, "tiles": [t[2] for t in tiles.values()],
             "t_world": t_world, "t_total": time.perf_counter() - t0}
 
 
-def plan(cfg: SynthConfig, out: Path) -> list[DistrictTask]:
+def plan(cfg: GeneratorConfig, out: Path) -> list[DistrictTask]:
     """District tasks of a dataset (depends only on cfg)."""
     tasks: list[DistrictTask] = []
     ppd = cfg.pairs_per_district
@@ -287,7 +294,7 @@ def run_tasks(tasks: list[DistrictTask], workers: int, total: int, desc: str) ->
     return sorted(results, key=lambda r: r["k"])
 
 
-def config_to_meta(cfg: SynthConfig, tasks: list[DistrictTask]) -> dict:
+def config_to_meta(cfg: GeneratorConfig, tasks: list[DistrictTask]) -> dict:
     anchors = [list(_anchor(cfg, t.city, t.k_city, t.k)) for t in tasks]
     return {"generator": "s4g-synth", "generator_version": GENERATOR_VERSION,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
@@ -298,7 +305,7 @@ def config_to_meta(cfg: SynthConfig, tasks: list[DistrictTask]) -> dict:
                                    f"rows span +{cfg.vfov_deg / 2:g}..-{cfg.vfov_deg / 2:g} degrees elevation"}
 
 
-def write_layout(cfg: SynthConfig, out: Path, results: list[dict]) -> None:
+def write_layout(cfg: GeneratorConfig, out: Path, results: list[dict]) -> None:
     if cfg.layout == "cvusa":
         rows = [r for res in results for r in res["rows"]]
         ids = np.array([r[0] for r in rows], np.int64)

@@ -1,8 +1,9 @@
-"""Slow float64 NumPy reference of the C++ renderer (csrc/cpu/render.cpp), for parity tests.
+"""Slow float64 NumPy reference of the C++ renderer (csrc/synth/render.cpp, module ``s4g_synth._render``),
+for parity tests.
 
 It is written differently on purpose: the panorama is a per-pixel ray march (every pixel finds its own
 first sample with ``cam_z + d_k·tan(elev) <= h(d_k)``), while the C++ code marches once per column with
-a fill frontier. Same conventions as ``csrc/include/s4g/render.h``.
+a fill frontier. Same conventions as ``csrc/synth/render.h``.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def _top_light(world, r, c, x, y, az, el, ambient, step, max_m) -> np.ndarray:
 
 def render_tile_ref(world: World, gain: np.ndarray, center, size: int, tile_res: float, *, sun_azimuth=2.4,
                     sun_elevation=0.8, ambient=0.55, shadow_step=1.0, shadow_max=60.0) -> np.ndarray:
-    """uint8 (size, size, 3), same maths as ``_core.render_tile``."""
+    """uint8 (size, size, 3), same maths as ``s4g_synth._render.render_tile``."""
     u = np.arange(size, dtype=np.float64)
     y = center[1] - (u[:, None] + 0.5 - size / 2.0) * tile_res + np.zeros((1, size))
     x = center[0] + (u[None, :] + 0.5 - size / 2.0) * tile_res + np.zeros((size, 1))
@@ -70,7 +71,7 @@ def render_panorama_ref(world: World, gain: np.ndarray, dist: np.ndarray, camera
                         ambient=0.55, shadow_step=1.0, shadow_max=60.0, sky_horizon=(200, 215, 230),
                         sky_zenith=(90, 140, 210), far_ground=(120, 120, 110), floor_height=3.2,
                         window_width=2.6) -> np.ndarray:
-    """uint8 (H, W, 3), same maths as ``_core.render_panorama`` (per-pixel march)."""
+    """uint8 (H, W, 3), same maths as ``s4g_synth._render.render_panorama`` (per-pixel march)."""
     H, W = size
     cx, cy, cz = (float(v) for v in camera)
     elev = elev_top - (np.arange(H) + 0.5) * ((elev_top - elev_bottom) / H)

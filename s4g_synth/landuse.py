@@ -1,4 +1,4 @@
-"""Land uses of city blocks (mixed into :class:`~s4g_engine.synth.city.CityBuilder`): downtown perimeter
+"""Land uses of city blocks (mixed into :class:`~s4g_synth.city.CityBuilder`): downtown perimeter
 blocks, towers on plazas, detached houses with gardens, industrial sheds, parks with paths and ponds,
 parking lots, sports fields and ponds. Each method draws one block given its centre (x, y) and half
 extents along the grid axes (metres).

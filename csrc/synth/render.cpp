@@ -1,12 +1,12 @@
-// Synthetic-world renderer (see csrc/include/s4g/render.h for the conventions).
+// Synthetic-world renderer (see csrc/synth/render.h for the conventions).
 //
 // Panorama: for a plain height field, pixel (i, j) is first hit at the smallest sample k with
 // cam_z + d_k * tan(elev_i) <= h(d_k). Because tan(elev_i) decreases with i, the pixels hit at step k
 // form a run of rows just above the already-filled ones, so each column is one outward march with a
 // "filled-from-the-bottom" frontier (the voxel-space / y-buffer scheme): O(width * n_dist + height * width)
-// instead of a per-pixel march. s4g_engine/synth/reference.py does the per-pixel march in float64 and
+// instead of a per-pixel march. s4g_synth/reference.py does the per-pixel march in float64 and
 // the tests check that both agree.
-#include "s4g/render.h"
+#include "render.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,13 +1,12 @@
 """Contact sheet: a grid of sample pairs (tile, panorama, polar transform of the tile) for a quick look."""
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from .layouts import write_bytes_atomic
+from s4g_engine.fileio import atomic_write_with
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,5 @@ def contact_sheet(pairs: list[tuple[Path, Path]], out: Path, *, pano_size: tuple
     sheet = np.full((len(rows) * (h + gap) - gap, width, 3), 255, np.uint8)
     for i, r in enumerate(rows):
         sheet[i * (h + gap): i * (h + gap) + h, : r.shape[1]] = r
-    buf = io.BytesIO()
-    Image.fromarray(sheet).save(buf, format="PNG")
-    write_bytes_atomic(out, buf.getvalue())
+    atomic_write_with(out, lambda f: Image.fromarray(sheet).save(f, format="PNG"))
     return out

@@ -1,17 +1,17 @@
-"""Writers of the real dataset layouts (SPEC §6) for synthetic data: CVUSA and VIGOR.
+"""Writers of the real dataset layouts (docs/METHOD.md §6) for synthetic data: CVUSA and VIGOR.
 
-All text files are written atomically (temp file in the same folder + ``os.replace``).
+Every file is written atomically through :mod:`s4g_engine.fileio`.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from s4g_engine.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -23,24 +23,6 @@ CITY_ANCHORS = {"Chicago": (41.8781, -87.6298), "NewYork": (40.7128, -74.0060),
 US_ANCHORS = ((39.7392, -104.9903), (35.2271, -80.8431), (44.9778, -93.2650), (32.7767, -96.7970),
               (45.5152, -122.6784), (33.4484, -112.0740), (42.3601, -71.0589), (29.7604, -95.3698),
               (39.9612, -82.9988), (36.1627, -86.7816), (38.2527, -85.7585), (43.0389, -87.9065))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def encode_image(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
@@ -75,9 +57,9 @@ def write_cvusa_index(out: Path, ids: np.ndarray, gps: np.ndarray, val_mask: np.
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
         raise ValueError("CVUSA pair ids must be exactly 1..N")
     rows = [",".join(cvusa_paths(int(i))) for i in ids]
-    write_text_atomic(out / "splits" / "train-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if not v))
-    write_text_atomic(out / "splits" / "val-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if v))
-    write_text_atomic(out / "split_locations" / "all.csv",
+    atomic_write_text(out / "splits" / "train-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if not v))
+    atomic_write_text(out / "splits" / "val-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if v))
+    atomic_write_text(out / "split_locations" / "all.csv",
                       "".join(f"{a:.8f},{b:.8f},{c:.8f},{d:.8f}\n" for a, b, c, d in gps))
 
 
@@ -104,11 +86,11 @@ def write_vigor_city_index(out: Path, city: str, tiles: list[str], rows: list[tu
             parts += [s, f"{d0:.4f}", f"{d1:.4f}"]
         lines.append(" ".join(parts) + "\n")
     base = out / "splits" / city
-    write_text_atomic(base / "satellite_list.txt", "".join(t + "\n" for t in tiles))
-    write_text_atomic(base / "pano_label_balanced.txt", "".join(lines))
-    write_text_atomic(base / "same_area_balanced_train.txt", "".join(l for l, t in zip(lines, test_mask) if not t))
-    write_text_atomic(base / "same_area_balanced_test.txt", "".join(l for l, t in zip(lines, test_mask) if t))
+    atomic_write_text(base / "satellite_list.txt", "".join(t + "\n" for t in tiles))
+    atomic_write_text(base / "pano_label_balanced.txt", "".join(lines))
+    atomic_write_text(base / "same_area_balanced_train.txt", "".join(l for l, t in zip(lines, test_mask) if not t))
+    atomic_write_text(base / "same_area_balanced_test.txt", "".join(l for l, t in zip(lines, test_mask) if t))
 
 
 def write_meta(out: Path, meta: dict) -> None:
-    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

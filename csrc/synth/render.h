@@ -1,6 +1,7 @@
 // Synthetic-world renderer: an orthographic satellite tile and a 360-degree equirectangular ground
-// panorama ray-marched through a raster height field. Pure C++ (no Python); the bindings in
-// csrc/bindings/bind_render.cpp validate inputs, release the GIL and call these functions.
+// panorama ray-marched through a raster height field, for the synthetic world (s4g_synth). Pure C++ (no
+// Python); the bindings in csrc/synth/bind_render.cpp (the module s4g_synth._render) validate inputs,
+// release the GIL and call these functions. Not part of the production core s4g_engine._core.
 //
 // World raster (row 0 = north edge, column 0 = west edge), cell size `res` metres:
 //   cell (r, c) covers x in [x0 + c*res, x0 + (c+1)*res), y in (y0 - (r+1)*res, y0 - r*res]
@@ -8,7 +9,7 @@
 // Arrays: height float32 (R, C) metres; albedo uint8 (R, C, 3) top colour; facade uint8 (R, C, 3) wall
 // colour; material uint8 (R, C) class id (< n_materials) indexing `gain` float32 (n_materials, 3).
 //
-// The exact maths is mirrored by the float64 NumPy reference s4g_engine/synth/reference.py (parity test).
+// The exact maths is mirrored by the float64 NumPy reference s4g_synth/reference.py (parity test).
 #pragma once
 #include <cstdint>
 
@@ -64,7 +65,8 @@ uint8_t max_material(const uint8_t* material, int64_t n);
 
 // Elevation of panorama row i: elev_top - (i + 0.5) * (elev_top - elev_bottom) / height.
 // Azimuth of column j: theta = 2*pi*j/width; horizontal direction (east, north) = (-sin theta, -cos theta)
-// (column 0 faces south, width/4 west, width/2 north, 3*width/4 east — SPEC section 9).
+// (column 0 faces south, width/4 west, width/2 north, 3*width/4 east: the panorama convention of
+// docs/METHOD.md §9).
 // out: (height, width, 3) uint8. threads <= 0: OpenMP default.
 void render_panorama(const World& w, const Light& l, const PanoParams& p, uint8_t* out, int threads);
 

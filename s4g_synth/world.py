@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from s4g_engine.geo import EARTH_RADIUS_M
 
-EARTH_RADIUS_M = 6_371_004.0  # same radius as s4g_engine.geo.haversine_m
+logger = logging.getLogger(__name__)
 
 # Material ids (index rows of the per-capture colour gain table).
 GRASS, DIRT, PAVING, ASPHALT, MARK_WHITE, MARK_YELLOW, SIDEWALK, PARKING = range(8)

@@ -3,8 +3,8 @@ road markings and crosswalks, blocks with land uses (downtown, towers, houses, i
 sports field, pond), buildings from a small catalogue of repeating styles, street/park/garden trees,
 parked cars, and sometimes a river.
 
-Everything is drawn with numpy into a :class:`~s4g_engine.synth.world.Canvas` window by window (each
-primitive touches only its bounding box), then frozen into a :class:`~s4g_engine.synth.world.World`.
+Everything is drawn with numpy into a :class:`~s4g_synth.world.Canvas` window by window (each
+primitive touches only its bounding box), then frozen into a :class:`~s4g_synth.world.World`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-// Bindings for the synthetic-world renderer (csrc/cpu/render.cpp): validate, release the GIL, call.
+// s4g_synth._render: Python bindings of the synthetic-world renderer (csrc/synth/render.cpp): validate,
+// release the GIL, call. Its own module so the production core s4g_engine._core holds only production
+// kernels; the typed stub is s4g_synth/_render.pyi.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,11 +11,11 @@
 #include <sstream>
 #include <string>
 
-#include "s4g/render.h"
+#include "render.h"
 
 namespace py = pybind11;
 
-namespace s4g::bind {
+namespace s4g::synth_bind {
 namespace {
 
 std::string shape_str(const py::array& a) {
@@ -211,4 +213,9 @@ Returns uint8 (H, W, 3); column j looks toward azimuth 2*pi*j/W measured from so
 tile_res metres per pixel: albedo x material gain x (Lambert shading + cast shadows). Releases the GIL.)doc");
 }
 
-}  // namespace s4g::bind
+}  // namespace s4g::synth_bind
+
+PYBIND11_MODULE(_render, m) {
+  m.doc() = "s4g synthetic-world renderer (C++17, OpenMP): render_panorama, render_tile";
+  s4g::synth_bind::register_render(m);
+}
