@@ -25,7 +25,7 @@ import numpy as np
 
 from s4g_engine.encoders import Encoder, make_encoder
 from s4g_engine.index import ReferenceIndex
-from s4g_engine.preprocess import BatchPipeline, ImageLike, ViewSpec, as_image_list
+from s4g_engine.preprocess import BatchPipeline, DataContract, ImageLike, ViewSpec, as_image_list
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +133,12 @@ class Localiser:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if precision not in ("auto", "fp32", "fp16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'fp16', got {precision!r}")
-        self.specs: dict[str, ViewSpec] = {}
+        # The data contract the model was trained with: every image is preprocessed by it (s4g_engine.preprocess).
+        self.contract = DataContract.from_config(config["views"])
+        self.specs: dict[str, ViewSpec] = {view: self.contract[view] for view in VIEWS}
         self.encoders: dict[str, Encoder] = {}
         for view in VIEWS:
-            vcfg = config["views"].get(view)
-            if vcfg is None:
-                raise ValueError(f"{self.root}/config.json has no {view!r} view")
-            self.specs[view] = ViewSpec.from_config(view, vcfg)
+            vcfg = config["views"][view]
             self.encoders[view] = make_encoder(self._view_files(vcfg, device, backend, precision),
                                                backend=backend, device=device, threads=threads)
         self.index_backend = index_backend

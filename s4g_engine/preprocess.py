@@ -1,14 +1,25 @@
-"""Image decoding and preprocessing for the engine, driven by a bundle's ``config.json`` (torch-free).
+"""The one preprocessing implementation of s4g and its data contract (torch-free).
 
-Every image the engine sees goes through :func:`to_uint8_rgb` (decode + colour normalisation to
-uint8 ``(H, W, 3)`` RGB) and then :meth:`ViewSpec.prepare` (resize to the view's input size with the
-interpolation used in training, per-channel ``(x/255 − mean)/std``, CHW layout; or, for polar aerial
-models, the core's ``polar_transform``). The resize mirrors ``s4g_train.data.load_image`` exactly (PIL,
-``reducing_gap=3.0``, JPEG draft decoding) so that embeddings served here equal the ones evaluated in
-training.
+Training, evaluation, export (INT8 calibration) and serving all turn an image into a network input here, so
+that the model is served exactly as it was trained. An image travels:
 
-:class:`BatchPipeline` feeds an encoder: a thread pool decodes and preprocesses batch ``i+1`` while the
-encoder runs batch ``i`` (PIL and the core release the GIL, so threads overlap with ONNX Runtime).
+1. **decode** (:func:`to_uint8_rgb`) → uint8 ``(h, w, 3)`` RGB. JPEG files decode at the smallest DCT scale
+   still ≥ the stage size when the contract says ``jpeg_draft``; EXIF orientation is applied; grey, alpha,
+   palette and 16-bit images are converted.
+2. **resize** (:func:`resize_uint8`) to the view's *stage size* with Pillow, the contract's interpolation and
+   ``reducing_gap=3.0``. The stage size is the network input size, or for a polar aerial view the square
+   size the raw tile is brought to before the polar transform (:func:`polar_source_size`).
+3. training only: augmentation of this uint8 stage image (``s4g_train.data``).
+4. **normalise + layout** (:meth:`ViewSpec.normalise`) → float32 ``(3, H, W)`` = ``(x/255 − mean)/std``
+   per channel, computed in float32 in exactly that order (a 256-entry table per channel). A polar aerial
+   view goes through the compiled core's ``polar_transform`` instead, with the normalisation fused
+   (docs/METHOD.md §9).
+
+:class:`ViewSpec` is one view's contract, :class:`DataContract` both views'. ``s4g_train`` builds the contract
+from the training config and the backbone's data config; ``s4g-export`` writes it into the bundle's
+``config.json`` (``views.<name>``, :meth:`DataContract.to_config`) and :class:`~s4g_engine.Localiser` reads it
+back (:meth:`DataContract.from_config`, which also reads bundles written before ``jpeg_draft`` existed).
+:class:`BatchPipeline` runs steps 1, 2 and 4 on a thread pool ahead of the encoder.
 """
 
 from __future__ import annotations
@@ -17,33 +28,72 @@ import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, ClassVar, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)
 
 #: What the engine accepts as one image.
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-_RESAMPLE = {
-    "nearest": Image.NEAREST,
-    "bilinear": Image.BILINEAR,
-    "bicubic": Image.BICUBIC,
-    "lanczos": Image.LANCZOS,
-    "box": Image.BOX,
-    "hamming": Image.HAMMING,
+#: Resize filters a contract may name (Pillow's).
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
+#: Pillow's ``reducing_gap``: images ≥ 3× larger than the target are first box-reduced by an integer factor.
+REDUCING_GAP = 3.0
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_DRAFT_FORMATS = ("JPEG", "MPO")  # MPO = the multi-picture JPEG many cameras write
+
+
+def polar_source_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """Square size ``(2H, 2H)`` a raw tile is resized to before the polar transform to ``input_size`` = (H, W):
+    the tile's radius then spans ``H`` pixels, one polar row per tile pixel (docs/METHOD.md §9)."""
+    a = 2 * int(input_size[0])
+    return (a, a)
+
+
+def _pair(name: str, value: Any, what: str) -> tuple[int, int]:
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 2 or min(out) < 1:
+        raise FormatError(f"data contract view {name!r}: {what} must be [H, W] with positive sides, got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+def _triple(name: str, value: Any, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(np.isfinite(out)):
+        raise FormatError(f"data contract view {name!r}: {what} must be 3 finite per-channel values (R, G, B), "
+                          f"got {value!r}")
+    return out  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """The data contract of one view, as written by ``s4g-export`` into ``config.json``.
+    """The data contract of one view: how an image becomes the float32 ``(3, H, W)`` input of its graph.
 
-    ``input_size`` is the ``(H, W)`` the network sees. For a polar aerial model (``polar=True``) the raw tile
-    is first resized to ``polar_source_size`` (square) and then polar-transformed to ``input_size``.
+    ``input_size`` is the ``(H, W)`` the network sees. With ``polar`` the raw tile is first resized to the
+    square ``polar_source_size`` (default :func:`polar_source_size`) and polar-transformed to ``input_size``.
+    ``jpeg_draft``: decode JPEG files at a reduced DCT scale (as the training run did). Only RGB channel
+    order and NCHW layout exist; they are recorded so that a reader never has to guess.
     """
 
     name: str
@@ -53,57 +103,172 @@ class ViewSpec:
     interpolation: str = "bilinear"
     polar: bool = False
     polar_source_size: tuple[int, int] | None = None
+    jpeg_draft: bool = True
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        n = self.name
+        set_ = object.__setattr__  # frozen: normalise the field types once, here
+        set_(self, "input_size", _pair(n, self.input_size, "input_size"))
+        set_(self, "mean", _triple(n, self.mean, "mean"))
+        set_(self, "std", _triple(n, self.std, "std"))
+        if min(self.std) <= 0:
+            raise FormatError(f"data contract view {n!r}: std must be > 0 per channel, got {list(self.std)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise FormatError(f"data contract view {n!r}: interpolation {self.interpolation!r} is not one of "
+                              f"{sorted(INTERPOLATIONS)}")
+        if self.channel_order != "RGB" or self.layout != "NCHW":
+            raise FormatError(f"data contract view {n!r}: only channel_order 'RGB' and layout 'NCHW' are "
+                              f"supported, got {self.channel_order!r}/{self.layout!r}")
+        set_(self, "polar", bool(self.polar))
+        set_(self, "jpeg_draft", bool(self.jpeg_draft))
+        if self.polar:
+            src = _pair(n, self.polar_source_size or polar_source_size(self.input_size), "polar source_size")
+            if src[0] != src[1]:
+                raise FormatError(f"data contract view {n!r}: the polar source size must be square, got {list(src)}")
+            set_(self, "polar_source_size", src)
+        elif self.polar_source_size is not None:
+            raise FormatError(f"data contract view {n!r}: polar_source_size given but polar is off")
+
+    @property
+    def stage_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the uint8 image before normalisation (the polar source size for a polar view)."""
+        return self.polar_source_size if self.polar else self.input_size  # type: ignore[return-value]
+
+    @cached_property
+    def _lut(self) -> np.ndarray:
+        """float32 ``(3, 256)``: ``(v/255 − mean[c])/std[c]``, each operation rounded to float32 in that order
+        (bit-identical to normalising the float32 image step by step, and one gather per pixel)."""
+        v = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        return (v[None, :] - self._mean32[:, None]) / self._std32[:, None]
+
+    @cached_property
+    def _mean32(self) -> np.ndarray:
+        return np.asarray(self.mean, np.float32)
+
+    @cached_property
+    def _std32(self) -> np.ndarray:
+        return np.asarray(self.std, np.float32)
+
+    # -- the steps ----------------------------------------------------------------------------------------
+    def load(self, image: ImageLike) -> np.ndarray:
+        """Decode (path, PIL image or uint8 array) and resize → uint8 ``stage_size + (3,)`` RGB."""
+        return load_resized(image, self.stage_size, self.interpolation, draft=self.jpeg_draft)
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 ``(h, w, 3)`` RGB → uint8 at ``stage_size``."""
+        return resize_uint8(rgb, self.stage_size, self.interpolation)
+
+    def normalise(self, stage: np.ndarray) -> np.ndarray:
+        """uint8 ``stage_size + (3,)`` RGB (after any augmentation) → float32 ``(3, H, W)`` network input."""
+        return self.normalise_batch(np.asarray(stage)[None])[0]
+
+    def normalise_batch(self, stages: np.ndarray) -> np.ndarray:
+        """uint8 ``(B,) + stage_size + (3,)`` → float32 ``(B, 3, H, W)``, the whole batch in one pass."""
+        s = np.asarray(stages)
+        if s.dtype != np.uint8 or s.ndim != 4 or s.shape[1:] != (*self.stage_size, 3):
+            raise InputError(f"{self.name} view: expected uint8 images of shape (B, {self.stage_size[0]}, "
+                             f"{self.stage_size[1]}, 3) (resized with ViewSpec.load/resize), got {s.dtype} "
+                             f"{s.shape}")
+        if self.polar:
+            from s4g_engine import polar_transform  # the compiled core (docs/METHOD.md §9)
+
+            out = polar_transform(s, self.input_size[0], self.input_size[1], mean=self._mean32, std=self._std32)
+            return np.ascontiguousarray(np.asarray(out, dtype=np.float32).transpose(0, 3, 1, 2))
+        out = np.empty((s.shape[0], 3, s.shape[1], s.shape[2]), np.float32)
+        for c in range(3):
+            np.take(self._lut[c], s[..., c], out=out[:, c])
+        return out
+
+    def prepare(self, image: ImageLike) -> np.ndarray:
+        """Any accepted image → float32 ``(3, H, W)`` network input (load, then normalise)."""
+        return self.normalise(self.load(image))
+
+    # -- config.json --------------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """The ``views.<name>`` entries of ``config.json`` that make up the contract (JSON types)."""
+        polar = None
+        if self.polar:
+            polar = {"height": self.input_size[0], "width": self.input_size[1],
+                     "source_size": list(self.stage_size)}
+        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "channel_order": self.channel_order, "layout": self.layout,
+                "polar": polar, "jpeg_draft": self.jpeg_draft}
 
     @classmethod
-    def from_config(cls, name: str, d: dict[str, Any]) -> "ViewSpec":
-        """Build from the ``views[name]`` entry of ``config.json`` (validated)."""
-        try:
-            size = tuple(int(v) for v in d["input_size"])
-            mean = tuple(float(v) for v in d["mean"])
-            std = tuple(float(v) for v in d["std"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"config.json view {name!r} lacks a valid input_size/mean/std ({exc}); "
-                             "re-export the bundle with s4g-export") from exc
-        if len(size) != 2 or min(size) < 1 or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"config.json view {name!r}: expected input_size [H, W], 3 means and 3 positive stds; "
-                             f"got {d.get('input_size')}, {d.get('mean')}, {d.get('std')}")
-        if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
-            raise ValueError(f"config.json view {name!r}: only channel_order RGB and layout NCHW are supported, got "
-                             f"{d.get('channel_order')!r}/{d.get('layout')!r}")
-        interp = str(d.get("interpolation", "bilinear"))
-        if interp not in _RESAMPLE:
-            raise ValueError(f"config.json view {name!r}: interpolation {interp!r} is not one of {sorted(_RESAMPLE)}")
+    def from_config(cls, name: str, d: Mapping[str, Any]) -> "ViewSpec":
+        """Read the ``views[name]`` entry of ``config.json``; missing optional fields take the values every
+        bundle had before they were recorded (bilinear, RGB, NCHW, JPEG draft on, source = 2·H)."""
+        if not isinstance(d, Mapping):
+            raise FormatError(f"config.json view {name!r}: expected an object, got {type(d).__name__}")
+        missing = [k for k in ("input_size", "mean", "std") if k not in d]
+        if missing:
+            raise FormatError(f"config.json view {name!r} lacks {missing}; re-export the bundle with s4g-export")
         polar = d.get("polar") or None
-        src = None
-        if polar:
-            src = tuple(int(v) for v in polar.get("source_size", (2 * size[0], 2 * size[0])))
-        return cls(name, size, mean, std, interp, bool(polar), src)  # type: ignore[arg-type]
-
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 ``(h, w, 3)`` RGB → float32 ``(3, H, W)`` network input."""
-        if self.polar:
-            from s4g_engine import polar_transform  # the compiled core (SPEC §9)
-
-            assert self.polar_source_size is not None
-            tile = resize_uint8(rgb, self.polar_source_size, self.interpolation)
-            out = polar_transform(tile, self.input_size[0], self.input_size[1], mean=self.mean, std=self.std)
-            return np.ascontiguousarray(np.asarray(out, dtype=np.float32).transpose(2, 0, 1))
-        img = resize_uint8(rgb, self.input_size, self.interpolation)
-        x = img.astype(np.float32)
-        # (x/255 − mean)/std as one multiply-add per channel.
-        scale = np.asarray([1.0 / (255.0 * s) for s in self.std], dtype=np.float32)
-        shift = np.asarray([-m / s for m, s in zip(self.mean, self.std)], dtype=np.float32)
-        x *= scale
-        x += shift
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        if polar is not None and not isinstance(polar, Mapping):
+            raise FormatError(f"config.json view {name!r}: polar must be an object or null, got {polar!r}")
+        spec = cls(name, d["input_size"], d["mean"], d["std"], str(d.get("interpolation", "bilinear")),
+                   polar is not None, polar.get("source_size") if polar else None, bool(d.get("jpeg_draft", True)),
+                   str(d.get("channel_order", "RGB")), str(d.get("layout", "NCHW")))
+        if polar and [polar.get("height", spec.input_size[0]), polar.get("width", spec.input_size[1])] \
+                != list(spec.input_size):
+            raise FormatError(f"config.json view {name!r}: polar {polar.get('height')}×{polar.get('width')} "
+                              f"differs from input_size {list(spec.input_size)}; re-export the bundle")
+        return spec
 
 
-def resize_uint8(rgb: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
-    """Resize uint8 ``(h, w, 3)`` to ``size`` = (H, W) exactly as ``s4g_train.data.load_image`` does."""
+@dataclass(frozen=True)
+class DataContract:
+    """Both views' contracts: ``contract["ground"]`` / ``contract.aerial``."""
+
+    ground: ViewSpec
+    aerial: ViewSpec
+    VIEWS: ClassVar[tuple[str, str]] = ("ground", "aerial")
+
+    def __getitem__(self, view: str) -> ViewSpec:
+        if view not in self.VIEWS:
+            raise KeyError(f"no view {view!r}; expected one of {self.VIEWS}")
+        return self.ground if view == "ground" else self.aerial
+
+    @classmethod
+    def build(cls, *, ground_size: Sequence[int], aerial_size: Sequence[int], mean: Sequence[float],
+              std: Sequence[float], interpolation: str = "bilinear", polar_aerial: bool = False,
+              jpeg_draft: bool = True) -> "DataContract":
+        """The contract of a model: per-view input sizes, the backbone's mean/std, one interpolation."""
+        common = {"mean": mean, "std": std, "interpolation": interpolation, "jpeg_draft": jpeg_draft}
+        return cls(ViewSpec("ground", ground_size, **common),  # type: ignore[arg-type]
+                   ViewSpec("aerial", aerial_size, polar=polar_aerial, **common))  # type: ignore[arg-type]
+
+    def to_config(self) -> dict[str, dict[str, Any]]:
+        """``{"ground": {...}, "aerial": {...}}`` — the contract part of config.json's ``views``."""
+        return {v: self[v].to_config() for v in self.VIEWS}
+
+    @classmethod
+    def from_config(cls, views: Mapping[str, Any]) -> "DataContract":
+        """Read config.json's ``views`` (extra per-view keys such as ``files`` are ignored)."""
+        if not isinstance(views, Mapping) or any(v not in views for v in cls.VIEWS):
+            got = sorted(views) if isinstance(views, Mapping) else type(views).__name__
+            raise FormatError(f"config.json: expected 'views' with 'ground' and 'aerial' entries, got {got}")
+        return cls(*(ViewSpec.from_config(v, views[v]) for v in cls.VIEWS))
+
+
+# -- decode and resize ------------------------------------------------------------------------------------
+def resize_uint8(rgb: np.ndarray | Image.Image, size: Sequence[int], interpolation: str) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` RGB (array or RGB PIL image) → uint8 ``(H, W, 3)`` at ``size`` = (H, W).
+
+    Pillow with ``reducing_gap=3.0`` (fast and close to an exact area filter when shrinking a lot).
+    """
     h, w = int(size[0]), int(size[1])
-    if rgb.shape[0] == h and rgb.shape[1] == w:
-        return rgb
-    img = Image.fromarray(rgb).resize((w, h), _RESAMPLE[interpolation], reducing_gap=3.0)
+    if interpolation not in INTERPOLATIONS:
+        raise InputError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+    img = rgb if isinstance(rgb, Image.Image) else None
+    if img is None:
+        if rgb.shape[0] == h and rgb.shape[1] == w:
+            return rgb
+        img = Image.fromarray(rgb)
+    if img.size != (w, h):
+        img = img.resize((w, h), INTERPOLATIONS[interpolation], reducing_gap=REDUCING_GAP)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -122,15 +287,15 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 (or uint16) image array in HWC RGB order, got dtype {arr.dtype}; "
+        raise InputError(f"expected a uint8 (or uint16) image array in HWC RGB order, got dtype {arr.dtype}; "
                          "convert float images with (np.clip(x, 0, 1) * 255).astype(np.uint8)")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected an image array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (RGB[A]), "
+        raise InputError(f"expected an image array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (RGB[A]), "
                          f"got shape {arr.shape}; pass a list of images for a batch")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"image array has an empty side: shape {arr.shape}")
+        raise InputError(f"image array has an empty side: shape {arr.shape}")
     c = arr.shape[2]
     if c in (1, 2):  # grey (+ alpha): replicate grey, drop alpha
         arr = np.repeat(arr[:, :, :1], 3, axis=2)
@@ -139,45 +304,69 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image) -> np.ndarray | Image.Image:
+    """A PIL image → an RGB PIL image (8-bit modes) or a uint8 ``(H, W, 3)`` array (16/32-bit modes)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img)
         if img.mode == "F":
-            raise ValueError("float (mode 'F') images are not supported: the engine expects 8- or 16-bit RGB/grey")
+            raise InputError("float (mode 'F') images are not supported: the engine expects 8- or 16-bit RGB/grey")
         a = np.clip(a, 0, 65535).astype(np.uint16) if a.dtype != np.uint16 else a
         if a.max(initial=0) <= 255 and img.mode == "I":
             a = a.astype(np.uint8)
         return _array_to_rgb(a)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def to_uint8_rgb(image: ImageLike, *, draft_size: tuple[int, int] | None = None) -> np.ndarray:
+def _open(path: Path, draft_size: Sequence[int] | None, size: Sequence[int] | None, interpolation: str) -> np.ndarray:
+    """Decode an image file (JPEG draft to ≥ ``draft_size`` = (H, W), EXIF orientation applied), resized to
+    ``size`` unless None. Everything happens while the file is open: Pillow invalidates a closed image."""
+    if not path.is_file():
+        raise MissingFileError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            if draft_size is not None and img.format in _DRAFT_FORMATS:
+                h, w = int(draft_size[0]), int(draft_size[1])
+                turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED
+                img.draft("RGB", (h, w) if turned else (w, h))  # the size as stored, before rotation
+            img.load()  # decode fully here so truncated files fail now, with the path in the message
+            oriented = ImageOps.exif_transpose(img) if img.getexif().get(_EXIF_ORIENTATION, 1) != 1 else img
+            rgb = _pil_to_rgb(oriented)
+            return np.asarray(rgb, dtype=np.uint8) if size is None else resize_uint8(rgb, size, interpolation)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptFileError(f"cannot decode image {str(path)!r} (corrupt, truncated or not an image): "
+                               f"{exc}") from exc
+
+
+def _decode(image: ImageLike, draft_size: Sequence[int] | None = None, size: Sequence[int] | None = None,
+            interpolation: str = "bilinear") -> np.ndarray:
+    """Any accepted image → uint8 ``(h, w, 3)`` RGB, resized to ``size`` = (H, W) unless None."""
+    if isinstance(image, (str, os.PathLike)):
+        return _open(Path(image), draft_size, size, interpolation)
+    if isinstance(image, np.ndarray):
+        rgb: np.ndarray | Image.Image = _array_to_rgb(image)
+    elif isinstance(image, Image.Image):
+        rgb = _pil_to_rgb(image)
+    else:
+        raise TypeError(f"expected an image path, a PIL image or a uint8 numpy array (H, W, 3), got "
+                        f"{_describe(image)}")
+    return np.asarray(rgb, dtype=np.uint8) if size is None else resize_uint8(rgb, size, interpolation)
+
+
+def load_resized(image: ImageLike, size: Sequence[int], interpolation: str = "bilinear", *,
+                 draft: bool = True) -> np.ndarray:
+    """Decode any accepted image and resize it → uint8 ``(H, W, 3)`` at ``size`` = (H, W); ``draft``: JPEG
+    files decode at the smallest DCT scale still ≥ ``size`` (several times faster for large photos)."""
+    return _decode(image, size if draft else None, size, interpolation)
+
+
+def to_uint8_rgb(image: ImageLike, *, draft_size: Sequence[int] | None = None) -> np.ndarray:
     """Decode one image (path, PIL image, uint8 array HWC RGB) to uint8 ``(H, W, 3)`` RGB.
 
     Grey, grey+alpha, RGBA, palette and 16-bit inputs are converted; anything else raises ``ValueError``
     (or ``FileNotFoundError`` for a missing path) naming the image. ``draft_size`` = (H, W) lets JPEG
-    files decode at a reduced DCT scale that is still ≥ that size (as training does).
+    files decode at a reduced DCT scale that is still ≥ that size.
     """
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {str(path)!r} does not exist")
-        try:
-            with Image.open(path) as img:
-                if draft_size is not None and img.format == "JPEG":
-                    img.draft("RGB", (int(draft_size[1]), int(draft_size[0])))
-                img.load()  # decode fully here so truncated files fail now, with the path in the message
-                img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
-                return _pil_to_rgb(img)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"cannot decode image {str(path)!r} (corrupt, truncated or not an image): {exc}") from exc
-    raise TypeError(f"expected an image path, a PIL image or a uint8 numpy array (H, W, 3), got {_describe(image)}")
+    return _decode(image, draft_size)
 
 
 def as_image_list(images: Any) -> list[ImageLike]:
@@ -197,14 +386,14 @@ def as_image_list(images: Any) -> list[ImageLike]:
             raise TypeError(f"expected an image path, a PIL image or a uint8 array (H, W, 3), or a list of them; "
                             f"got {type(images).__name__}") from None
     if not out:
-        raise ValueError("empty batch: expected at least one image (path, PIL image or uint8 array)")
+        raise InputError("empty batch: expected at least one image (path, PIL image or uint8 array)")
     return out
 
 
 class BatchPipeline:
     """Decodes + preprocesses images on a thread pool, ``prefetch`` batches ahead of the consumer.
 
-    ``for batch, n in pipeline.batches(images, spec, batch_size)`` yields float32 ``(n, 3, H, W)`` arrays in
+    ``for batch in pipeline.batches(images, spec, batch_size)`` yields float32 ``(n, 3, H, W)`` arrays in
     input order. The pool is shared (thread-safe): several callers may iterate concurrently.
     """
 
@@ -216,15 +405,11 @@ class BatchPipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _one(self, image: ImageLike, spec: ViewSpec) -> np.ndarray:
-        draft = spec.polar_source_size if spec.polar else spec.input_size
-        return spec.prepare(to_uint8_rgb(image, draft_size=draft))
-
     def _batch(self, images: Sequence[ImageLike], spec: ViewSpec) -> np.ndarray:
-        out = np.empty((len(images), 3, spec.input_size[0], spec.input_size[1]), dtype=np.float32)
+        stages = np.empty((len(images), *spec.stage_size, 3), dtype=np.uint8)
         for i, im in enumerate(images):
-            out[i] = self._one(im, spec)
-        return out
+            stages[i] = spec.load(im)
+        return spec.normalise_batch(stages)
 
     def batches(self, images: Sequence[ImageLike], spec: ViewSpec, batch_size: int) -> Iterator[np.ndarray]:
         """Yield preprocessed batches of up to ``batch_size`` images, in order.

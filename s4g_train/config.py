@@ -70,6 +70,9 @@ class DataConfig:
     max_eval: int | None = None  # use only the first N evaluation queries (smoke runs)
     cache_images: bool = False  # decode every image once at the network size and keep it in RAM
     draft: bool = True  # JPEG draft-mode decoding at reduced size
+    # resize filter of both views (s4g_engine.preprocess.INTERPOLATIONS, or "backbone" = timm's data config);
+    # part of the data contract the exported bundle records. bilinear = what every run before this field used.
+    interpolation: str = "bilinear"
     num_workers: int = 0
     aug: AugConfig = field(default_factory=AugConfig)
     resolved_root: str | None = None  # set by the trainer: the folder actually read (synthetic: generated one)
@@ -308,6 +311,9 @@ def validate(cfg: Config) -> None:
 
     if cfg.data.dataset not in DATASETS:
         bad(f"data.dataset={cfg.data.dataset!r}: expected one of {DATASETS}")
+    from s4g_engine.preprocess import INTERPOLATIONS  # the owner of the filter names
+    if cfg.data.interpolation not in (*INTERPOLATIONS, "backbone"):
+        bad(f"data.interpolation={cfg.data.interpolation!r}: expected one of {[*INTERPOLATIONS, 'backbone']}")
     if cfg.sampling.strategy not in STRATEGIES:
         bad(f"sampling.strategy={cfg.sampling.strategy!r}: expected one of {STRATEGIES}")
     if cfg.train.loss not in LOSSES:

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from s4g_train.data import ImageStore, ViewDataset
+from s4g_engine.preprocess import DataContract
+from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
 from s4g_train.model import S4GModel
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,24 @@ def embed_dataset(model: S4GModel, dataset: Any, *, batch_size: int = 128, devic
     return out
 
 
-def torch_embed_fns(model: S4GModel, *, mean: Sequence[float], std: Sequence[float], batch_size: int = 128,
+def torch_embed_fns(model: S4GModel, contract: DataContract, *, batch_size: int = 128,
                     device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-                    num_workers: int = 0, draft: bool = True, progress: bool = True,
+                    num_workers: int = 0, progress: bool = True,
                     stores: dict[str, ImageStore] | None = None) -> tuple[EmbedFn, EmbedFn]:
-    """(embed_ground, embed_aerial) functions for :func:`evaluate_split` backed by a torch model."""
-    cfg = model.cfg
+    """(embed_ground, embed_aerial) functions for :func:`evaluate_split` backed by a torch model, with the
+    images preprocessed by ``contract`` (``s4g_train.data.data_contract`` / ``checkpoint_contract``)."""
 
-    def make(size: tuple[int, int], polar: bool, desc: str) -> EmbedFn:
+    def make(view: str) -> EmbedFn:
         def fn(paths: Sequence[str]) -> np.ndarray:
-            store = (stores or {}).get(desc)
+            store = (stores or {}).get(view)
             if store is not None and store.paths != list(paths):
                 store = None
-            ds = ViewDataset(paths, size, mean=mean, std=std, polar=polar, draft=draft, store=store)
+            ds = ViewDataset(paths, contract[view], store=store)
             return embed_dataset(model, ds, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
-                                 num_workers=num_workers, desc=f"embed {desc}", progress=progress)
+                                 num_workers=num_workers, desc=f"embed {view}", progress=progress)
         return fn
 
-    return make(tuple(cfg.ground_size), False, "ground"), make(tuple(cfg.aerial_size), cfg.polar_aerial, "aerial")
+    return make("ground"), make("aerial")
 
 
 def subset_split(split: Any, max_queries: int | None) -> Any:
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     amp_dtype, _ = pick_amp(args.amp, device)
     model.to(device)
-    dc = model.data_config()
-    eg, ea = torch_embed_fns(model, mean=dc["mean"], std=dc["std"], batch_size=args.batch_size, device=device,
+    contract = checkpoint_contract(model, info.get("config"))  # as trained (and as s4g-export records it)
+    eg, ea = torch_embed_fns(model, contract, batch_size=args.batch_size, device=device,
                              amp_dtype=amp_dtype, num_workers=args.workers)
     res, q, r = evaluate_split(eg, ea, split, max_queries=args.max_queries)
     name = f"{Path(args.checkpoint).name} on {dataset}/{split_name}"

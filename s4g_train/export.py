@@ -8,9 +8,10 @@
   with ``--with-features`` also ``features`` ``(B, C, h, w)`` (the last feature map, for s4g-viz). Each is a
   single self-contained file (no ``.onnx.data``).
 * ``*.fp16.onnx`` (``--fp16``) — computes in float16 (for GPUs), float32 in and out.
-* ``config.json`` — data contract per view (input size, mean/std, interpolation, RGB, NCHW, polar), embed dim,
-  backbone, sha256 per file, model fingerprint, parity figures and provenance (checkpoint, dataset, command,
-  metrics).
+* ``config.json`` — the data contract per view (:class:`s4g_engine.preprocess.DataContract`: input size,
+  mean/std, interpolation, JPEG draft decoding, RGB, NCHW, polar), embed dim, backbone, sha256 per file, model
+  fingerprint, parity figures and provenance (checkpoint, dataset, command, metrics). The contract is the
+  training run's (:func:`s4g_train.data.checkpoint_contract`), so the engine preprocesses as training did.
 * ``tensorrt/<gpu>-trt<version>/<view>.engine`` (``--tensorrt``) — see :mod:`s4g_train.tensorrt_build`.
 
 Every graph is checked against the eager model on random inputs (batch 1 and 3) and the export fails if the
@@ -39,7 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4g_train.model import ModelConfig, S4GModel
+from s4g_engine.fileio import atomic_write_text
+from s4g_engine.logs import setup_logging
+from s4g_engine.preprocess import INTERPOLATIONS, DataContract
+from s4g_train.data import BACKBONE, checkpoint_contract
+from s4g_train.model import S4GModel
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ def _export_onnx(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int,
     """One single-file ONNX graph with a dynamic batch axis.
 
     We use the TorchScript-based exporter (``dynamo=False``): it writes the weights into the one file and is
-    proven on timm ConvNeXt (FACTS); the dynamo exporter is the fallback (told to embed its weights).
+    proven on timm ConvNeXt; the dynamo exporter is the fallback (told to embed its weights).
     """
     axes = {"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}
     try:
@@ -175,29 +180,14 @@ def parity(model: S4GModel, path: Path, size: tuple[int, int], *, threshold: flo
     return {"min_cosine": worst, "max_rel_features": feat_err}
 
 
-def _view_contract(model: S4GModel, view: str, interpolation: str) -> dict[str, Any]:
-    cfg: ModelConfig = model.cfg
-    dc = model.data_config()
-    size = list(cfg.ground_size if view == "ground" else cfg.aerial_size)
-    polar = None
-    if view == "aerial" and cfg.polar_aerial:
-        try:
-            from s4g_train.data import polar_source_size
-
-            src = list(polar_source_size(tuple(size)))
-        except ImportError:
-            src = [2 * size[0], 2 * size[0]]
-        polar = {"height": size[0], "width": size[1], "source_size": src}
-    return {"input_size": size, "mean": dc["mean"], "std": dc["std"], "interpolation": interpolation,
-            "channel_order": "RGB", "layout": "NCHW", "polar": polar, "input_name": "image"}
-
-
 def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = False, weights: str = "fp32",
-                  with_features: bool = False, opset: int = MIN_OPSET, interpolation: str = "bilinear",
+                  with_features: bool = False, opset: int = MIN_OPSET, contract: DataContract | None = None,
                   provenance: dict[str, Any] | None = None, tensorrt: dict[str, Any] | None = None,
                   name: str | None = None) -> dict[str, Any]:
     """Export ``model`` to the bundle folder ``out`` (atomically replaced); returns the config.json dict.
 
+    ``contract``: the data contract recorded per view (default: the model's sizes and backbone mean/std with
+    the defaults of :func:`s4g_train.data.checkpoint_contract`); its input sizes must be the model's.
     ``weights="fp16"`` stores the fp32 graphs' weights as float16 (half the size, fp32 compute).
     ``tensorrt``: keyword arguments for :func:`s4g_train.tensorrt_build.build_engines` (None = no engines).
     """
@@ -207,6 +197,12 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
         raise ValueError(f"weights must be 'fp32' or 'fp16', got {weights!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    contract = contract or checkpoint_contract(model, None)
+    sizes = {"ground": tuple(model.cfg.ground_size), "aerial": tuple(model.cfg.aerial_size)}
+    if any(contract[v].input_size != sizes[v] for v in sizes) or contract.aerial.polar != model.cfg.polar_aerial:
+        raise ValueError(f"the data contract ({contract.ground.input_size}, {contract.aerial.input_size}, polar "
+                         f"{contract.aerial.polar}) does not match the model ({sizes['ground']}, {sizes['aerial']}, "
+                         f"polar {model.cfg.polar_aerial})")
     model = model.float().eval()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -216,8 +212,8 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
         par: dict[str, Any] = {}
         half_model = copy.deepcopy(model).half().eval() if fp16 else None
         for view in ("ground", "aerial"):
-            contract = _view_contract(model, view, interpolation)
-            size = tuple(contract["input_size"])
+            vcfg = {**contract[view].to_config(), "input_name": "image"}
+            size = contract[view].input_size
             dummy = torch.randn(2, 3, *size)
             f32 = tmp / f"{view}.onnx"
             log.info("exporting %s view %s → %s", view, size, f32.name)
@@ -232,9 +228,9 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
                              opset, outputs)
                 par[view]["fp16"] = parity(model, f16, size, threshold=PARITY_FP16, with_features=with_features)
                 vfiles["fp16"] = f16.name
-            contract["files"] = vfiles
-            contract["outputs"] = outputs
-            views[view] = contract
+            vcfg["files"] = vfiles
+            vcfg["outputs"] = outputs
+            views[view] = vcfg
         if tensorrt is not None:
             from s4g_train import tensorrt_build
 
@@ -257,7 +253,7 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
                                                   "onnx": onnx.__version__}},
         }
         config = json.loads(json.dumps(config, default=str))  # tuples → lists, paths → str: what readers see
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         _swap_into_place(tmp, out, produced={p.relative_to(tmp).parts[0] for p in tmp.iterdir()})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,8 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of the main graphs' weights (fp16 halves the files; compute stays fp32)")
     p.add_argument("--with-features", action="store_true", help="add the 'features' output (last feature map)")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (≥ {MIN_OPSET})")
-    p.add_argument("--interpolation", default=None,
-                   help="resize interpolation recorded in config.json (default: the training config's, else bilinear)")
+    p.add_argument("--interpolation", default=None, choices=[*INTERPOLATIONS, BACKBONE],
+                   help="resize filter recorded in the bundle's data contract (default: the checkpoint's training "
+                        "config data.interpolation; bilinear for checkpoints without one, e.g. reference ones, and "
+                        "for runs from before that field, which all trained with bilinear). Only override it to "
+                        "serve a model differently from how it was trained")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT + a GPU)")
     p.add_argument("--int8", action="store_true", help="TensorRT INT8 with calibration (implies --tensorrt)")
     p.add_argument("--calib-dataset", default=None, help="dataset name for INT8 calibration images")
@@ -346,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not Path(args.checkpoint).is_file():
         print(f"s4g-export: checkpoint {args.checkpoint!r} does not exist", file=sys.stderr)
@@ -367,19 +366,17 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_for_export(args.checkpoint, args.backbone, args.allow_partial,
                                       ground_size=args.ground_size, aerial_size=args.aerial_size,
                                       dataset=args.dataset)
+        contract = checkpoint_contract(model, info.get("config"), interpolation=args.interpolation)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"s4g-export: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
-    cfg = info.get("config") or {}
-    interp = args.interpolation or (cfg.get("data", {}) if isinstance(cfg, dict) else {}).get("interpolation") \
-        or "bilinear"  # s4g_train.data.load_image's default
     prov = _provenance(args.checkpoint, info, argv)
     prov["input_sizes_from"] = info.get("input_sizes_from")
     if args.train_command:
         prov["train_command"] = args.train_command
     try:
         config = export_bundle(model, args.out, fp16=args.fp16, weights=args.weights,
-                               with_features=args.with_features, opset=args.opset, interpolation=interp,
+                               with_features=args.with_features, opset=args.opset, contract=contract,
                                provenance=prov, tensorrt=trt_kwargs)
     except (ExportError, ValueError) as exc:
         print(f"s4g-export: {exc}", file=sys.stderr)

@@ -50,7 +50,7 @@ def _calibration_batches(view: str, contract: dict[str, Any], *, dataset: str, r
     """Preprocessed float32 ``(batch, 3, H, W)`` batches of ``count`` random images of the ``split`` (the
     ground view uses the queries, the aerial view the references), exactly as the engine preprocesses."""
     from s4g_engine.datasets import load_split
-    from s4g_engine.preprocess import ViewSpec, to_uint8_rgb
+    from s4g_engine.preprocess import ViewSpec
 
     sp = load_split(dataset, root, split)
     paths = list(sp.queries if view == "ground" else sp.references)
@@ -60,7 +60,7 @@ def _calibration_batches(view: str, contract: dict[str, Any], *, dataset: str, r
     pick = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
     spec = ViewSpec.from_config(view, contract)
     for s in range(0, len(pick) - batch + 1, batch):  # full batches only: the calibrator has a fixed batch
-        yield np.stack([spec.prepare(to_uint8_rgb(paths[i])) for i in pick[s:s + batch]]).astype(np.float32)
+        yield np.stack([spec.prepare(paths[i]) for i in pick[s:s + batch]]).astype(np.float32)
 
 
 def _make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch: int, shape: tuple[int, ...],

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from s4g_train import checkpoint as ckpt
 from s4g_train.config import Config, build_config, load_yaml, apply_dict, save_yaml, split_cli_overrides, \
     set_override, validate
-from s4g_train.data import EpochBatchSampler, ImageStore, PairedTrainDataset, ViewDataset, polar_source_size
+from s4g_train.data import EpochBatchSampler, ImageStore, PairedTrainDataset, ViewDataset, data_contract
 from s4g_train.evaluate import autocast_context, embed_dataset, evaluate_split, format_table, torch_embed_fns
 from s4g_train.model import S4GModel
 from s4g_train.runstate import (  # noqa: F401 - pick_device/pick_amp/cpu_has_native_bf16 are public here too
@@ -77,13 +77,10 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        dc = self.model.data_config()
-        self.mean, self.std, self.interp = dc["mean"], dc["std"], "bilinear"
+        self.contract = data_contract(cfg, self.model)  # preprocessing of both views (s4g_engine.preprocess)
         sp = self.train_split
-        self.dataset = PairedTrainDataset(
-            sp.queries, sp.references, sp.positive, ground_size=cfg.model.ground_size,
-            aerial_size=cfg.model.aerial_size, mean=self.mean, std=self.std, aug=cfg.data.aug, seed=seed,
-            polar_aerial=cfg.model.polar_aerial, cache=cfg.data.cache_images, draft=cfg.data.draft)
+        self.dataset = PairedTrainDataset(sp.queries, sp.references, sp.positive, contract=self.contract,
+                                          aug=cfg.data.aug, seed=seed, cache=cfg.data.cache_images)
         self.n = len(self.dataset)
         B = cfg.train.batch_size
         if self.n < B:
@@ -193,10 +190,9 @@ class Trainer:
         sp, ds = self.train_split, self.dataset
         q_ids = np.arange(self.n) if idx is None else idx
         r_ids = np.unique(sp.positive[q_ids])
-        gq = ViewDataset([sp.queries[i] for i in q_ids], self.cfg.model.ground_size, mean=self.mean, std=self.std,
-                         store=ds.grounds if idx is None else None, draft=self.cfg.data.draft)
-        gr = ViewDataset([sp.references[i] for i in r_ids], self.cfg.model.aerial_size, mean=self.mean,
-                         std=self.std, polar=self.cfg.model.polar_aerial, draft=self.cfg.data.draft,
+        gq = ViewDataset([sp.queries[i] for i in q_ids], self.contract.ground,
+                         store=ds.grounds if idx is None else None)
+        gr = ViewDataset([sp.references[i] for i in r_ids], self.contract.aerial,
                          store=ds.aerials if idx is None and len(r_ids) == len(sp.references) else None)
         kw = dict(batch_size=self.cfg.eval.batch_size, device=self.device, amp_dtype=self.amp_dtype,
                   num_workers=self.cfg.data.num_workers, progress=self.main)
@@ -381,9 +377,9 @@ class Trainer:
         res: dict[str, float] = {}
         if self.main:
             sp = split if split is not None else self.eval_split
-            eg, ea = torch_embed_fns(self.model, mean=self.mean, std=self.std, batch_size=self.cfg.eval.batch_size,
+            eg, ea = torch_embed_fns(self.model, self.contract, batch_size=self.cfg.eval.batch_size,
                                      device=self.device, amp_dtype=self.amp_dtype,
-                                     num_workers=self.cfg.data.num_workers, draft=self.cfg.data.draft,
+                                     num_workers=self.cfg.data.num_workers,
                                      progress=self.main, stores=self._eval_stores(sp, max_queries))
             t0 = time.perf_counter()
             res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries)
@@ -407,11 +403,8 @@ class Trainer:
         q = sp.queries[:max_queries] if max_queries is not None else sp.queries
         key = (id(sp), len(q))
         if getattr(self, "_stores_key", None) != key:
-            src = polar_source_size(self.cfg.model.aerial_size) if self.cfg.model.polar_aerial \
-                else tuple(self.cfg.model.aerial_size)
-            self._stores = {"ground": ImageStore(q, self.cfg.model.ground_size, cache=True, draft=self.cfg.data.draft,
-                                                 desc="decode eval ground"),
-                            "aerial": ImageStore(sp.references, src, cache=True, draft=self.cfg.data.draft,
+            self._stores = {"ground": ImageStore(q, self.contract.ground, cache=True, desc="decode eval ground"),
+                            "aerial": ImageStore(sp.references, self.contract.aerial, cache=True,
                                                  desc="decode eval aerial")}
             self._stores_key = key
         return self._stores

@@ -59,11 +59,10 @@ def test_s4g_eval_on_a_checkpoint(tmp_path: Path, capsys) -> None:  # type: igno
     for k, v in plain_metrics(q, r, pos).items():
         assert out["metrics"][k] == pytest.approx(v)
     # the embeddings are those of the model: embed one query by hand
-    from s4g_train.data import ViewDataset
+    from s4g_train.data import ViewDataset, checkpoint_contract
     loaded, info = load_model(ck)
-    dc = loaded.data_config()
-    x, _ = ViewDataset([load_split("cvusa", str(data), "test").queries[0]], (32, 128), mean=dc["mean"],
-                       std=dc["std"])[0]
+    spec = checkpoint_contract(loaded, info.get("config")).ground
+    x, _ = ViewDataset([load_split("cvusa", str(data), "test").queries[0]], spec)[0]
     with torch.no_grad():
         e = loaded.embed(x[None]).numpy()[0]
     assert np.allclose(e, q[0], atol=1e-4)

@@ -20,6 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from s4g_train.export import (ExportError, bundle_fingerprint, export_bundle, main,  # noqa: E402
                               parity)
+from s4g_engine.preprocess import DataContract  # noqa: E402
 from s4g_train.model import ModelConfig, S4GModel  # noqa: E402
 
 GROUND = (32, 96)
@@ -82,7 +83,10 @@ def test_config_is_a_complete_contract(bundle):
         v = cfg["views"][view]
         assert v["input_size"] == list(size) and v["channel_order"] == "RGB" and v["layout"] == "NCHW"
         assert v["mean"] == pytest.approx(model.data_config()["mean"]) and len(v["std"]) == 3
-        assert v["interpolation"] in ("bilinear", "bicubic") and v["polar"] is None
+        assert v["interpolation"] == "bilinear" and v["polar"] is None and v["jpeg_draft"] is True
+        # exactly the engine's data contract, plus the graph's files and tensor names
+        assert {**DataContract.from_config(cfg["views"])[view].to_config(), "input_name": "image",
+                "files": v["files"], "outputs": v["outputs"]} == v
         m = onnx.load(str(out / v["files"]["fp32"]))
         assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
         dims = m.graph.input[0].type.tensor_type.shape.dim
@@ -146,6 +150,9 @@ def test_bad_arguments(tmp_path):
         export_bundle(tiny_model(), tmp_path / "x", opset=13)
     with pytest.raises(ValueError, match="weights"):
         export_bundle(tiny_model(), tmp_path / "x", weights="int4")
+    wrong = DataContract.build(ground_size=GROUND, aerial_size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(ValueError, match="does not match the model"):
+        export_bundle(tiny_model(), tmp_path / "x", contract=wrong)
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
 
 
@@ -165,6 +172,8 @@ def test_main_exports_our_checkpoint_format(tmp_path, capsys):
     assert prov["epoch"] == 3 and prov["metrics"] == {"R@1": 12.5} and prov["dataset"]["dataset"] == "cvusa"
     assert prov["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert "s4g-export" in prov["export_command"] and "cosine" in capsys.readouterr().out
+    # a run from before data.interpolation existed trained with bilinear: that is what the bundle records
+    assert {cfg["views"][v]["interpolation"] for v in ("ground", "aerial")} == {"bilinear"}
     sess = ort.InferenceSession(str(out / "aerial.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, *AERIAL)
     with torch.no_grad():

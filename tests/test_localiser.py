@@ -293,7 +293,7 @@ def test_kill_9_during_save_index_keeps_the_previous_file(bundle, tmp_path):
 
 
 def _numpy_polar(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """SPEC §9 written out in float64 NumPy: bilinear, zero outside the tile."""
+    """docs/METHOD.md §9 written out in float64 NumPy: bilinear, zero outside the tile."""
     a = img.shape[0]
     src = img.astype(np.float64)
     i, j = np.arange(h)[:, None], np.arange(w)[None, :]

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["rows"].append({"loop": "s4g-train", "s_per_step": t_s4g, "pairs_per_s": B / t_s4g})
 
     # --- reference re-creation (fresh model with the same init, same files)
-    mean, std = tr.mean, tr.std
+    mean, std = list(tr.contract.ground.mean), list(tr.contract.ground.std)
     ds = _reference_dataset(tr.train_split, cfg, mean, std)
     for label, amp in (("reference loop (as is: CUDA-only autocast → fp32 on CPU)",
                         torch.float16 if tr.device.type == "cuda" else None),
