@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from s4g_engine.errors import InputError
+# Images are written atomically but without fsync (durable=False): thousands of regenerable files, ~10 ms of
+# fsync each; the split files that make a world usable are written last, durably (layouts.py).
 from s4g_engine.fileio import atomic_write_bytes
 
 from . import capture
@@ -191,8 +193,8 @@ def run_district(task: DistrictTask) -> dict:
             tile, pano = render_pair(world, (x, y), cam, prng, cfg)
             pid = task.first_id + i
             sat_rel, pano_rel, _ = cvusa_paths(pid)
-            atomic_write_bytes(out / sat_rel, encode_image(tile, "jpg", cfg.jpeg_quality))
-            atomic_write_bytes(out / pano_rel, encode_image(pano, "jpg", cfg.jpeg_quality))
+            atomic_write_bytes(out / sat_rel, encode_image(tile, "jpg", cfg.jpeg_quality), durable=False)
+            atomic_write_bytes(out / pano_rel, encode_image(pano, "jpg", cfg.jpeg_quality), durable=False)
             slat, slon = world.to_latlon(x, y)
             glat, glon = world.to_latlon(*cam)
             rows.append((pid, float(slat), float(slon), float(glat), float(glon)))
@@ -236,13 +238,13 @@ def _run_vigor_district(task: DistrictTask, world: World, rng: np.random.Generat
         lat, lon = world.to_latlon(x, y)
         prefix = "".join(prng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"), 22))
         pname = vigor_pano_name(prefix, float(lat), float(lon))
-        atomic_write_bytes(out / "panorama" / pname, encode_image(pano, "jpg", cfg.jpeg_quality))
+        atomic_write_bytes(out / "panorama" / pname, encode_image(pano, "jpg", cfg.jpeg_quality), durable=False)
         rows.append((pname, names, delta))
     for (gi, gj), (tx, ty, nm) in tiles.items():
         trng = np.random.default_rng([cfg.seed, k, gi, gj, 0x7173])
         cond = capture.sample_conditions(trng, strength=cfg.conditions)
         tile = capture.finish(capture.render_tile(world, (tx, ty), cfg.tile_size, cfg.tile_res, cond), cond, trng)
-        atomic_write_bytes(out / "satellite" / nm, encode_image(tile, "png"))
+        atomic_write_bytes(out / "satellite" / nm, encode_image(tile, "png"), durable=False)
     return {"k": k, "city": task.city, "rows": rows, "tiles": [t[2] for t in tiles.values()],
             "t_world": t_world, "t_total": time.perf_counter() - t0}
 
