@@ -1,4 +1,6 @@
-"""Batch construction for Sample4Geo (SPEC §4): GPS / dynamic-similarity neighbour lists and the batch builder.
+"""Batch construction for Sample4Geo (docs/METHOD.md §4): the batch builder, dynamic-similarity (DSS)
+neighbour lists and batch-hardness statistics. Which table feeds which epoch is decided by
+:class:`s4g_train.schedule.BatchSchedule`.
 
 Torch-free on purpose (numpy + the compiled core only): the batch builder is a pure function of a neighbour
 table and a ``numpy.random.Generator``, so every DDP rank builds the same batches without communicating and a
@@ -16,16 +18,15 @@ Conventions
 from __future__ import annotations
 
 import logging
-import zlib
 from collections import deque
 from typing import Any, Sequence
 
 import numpy as np
 
+from s4g_engine.geo import haversine_m
+
 log = logging.getLogger(__name__)
 
-#: Earth radius used by every metre figure in s4g (SPEC §7).
-EARTH_RADIUS_M = 6_371_004.0
 STRATEGIES = ("random", "gps", "dss", "gps+dss")
 
 
@@ -47,7 +48,8 @@ def _check_ids(arr: np.ndarray, name: str, n: int) -> None:
 
 def _check_rng(rng: Any) -> None:
     if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        raise ValueError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got "
+                         f"{type(rng).__name__}")
 
 
 def _dense_groups(groups: Any, n: int) -> np.ndarray | None:
@@ -112,7 +114,7 @@ def semi_positive_forbidden(positive: Any, semi_positives: Any) -> np.ndarray:
 def build_batches(neighbours: Any, batch_size: int, k: int, rng: np.random.Generator, *,
                   groups: Any = None, forbidden: Any = None,
                   return_anchors: bool = False) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
-    """One epoch of Sample4Geo batches (SPEC §4).
+    """One epoch of Sample4Geo batches (docs/METHOD.md §4).
 
     Shuffle all ids; take the next id not used this epoch as an anchor, then its neighbours: list positions
     ``0 … k/2−1`` (nearest) and ``k/2`` positions drawn at random from ``k/2 … K−1``; ids already used this
@@ -175,159 +177,178 @@ def random_batches(n: int, batch_size: int, rng: np.random.Generator, *, groups:
 
 def _build(nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.ndarray | None,
            sym: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    # A hand-written loop: the builder is sequential by nature (each choice changes what is free), so it keeps
-    # per-id flags in bytearrays (fast scalar access) with NumPy views over the same memory for the per-anchor
-    # vectorised pre-filter of the k candidates.
+    b = _EpochBuilder(nb, bsz, k, rng, grp, sym)
+    b.run()
     n, big_k = nb.shape
-    half = k // 2
-    far_w = big_k - half
-    used = bytearray(n)
-    used_np = np.frombuffer(used, dtype=np.uint8)
-    perm = rng.permutation(n)
-
-    if grp is not None:
-        n_groups = int(grp.max()) + 1
-        gib = bytearray(n_groups)  # group already in the current batch
-        gib_np = np.frombuffer(gib, dtype=np.uint8)
-        grp_l = grp.tolist()
-        # members of each group in this epoch's random order, for "draw one not-yet-used member"
-        members = perm[np.argsort(grp[perm], kind="stable")].tolist()
-        gstart = np.zeros(n_groups + 1, dtype=np.int64)
-        np.cumsum(np.bincount(grp, minlength=n_groups), out=gstart[1:])
-        gptr = gstart[:-1].tolist()
-        gend = gstart[1:].tolist()
-        gfree = np.diff(gstart)  # unused members per group (NumPy: read by the vectorised pre-filter)
-    if sym is not None:
-        blocked = bytearray(n)
-        blocked_np = np.frombuffer(blocked, dtype=np.uint8)
-        s_ptr, s_idx = sym[0].tolist(), sym[1]
-
-    batches: list[np.ndarray] = []
-    anchors: list[np.ndarray] = []
-    cur: list[int] = []
-    cur_anchor: list[bool] = []
-    keys = np.empty((0, far_w), dtype=np.int64)
-    key_i = 0
-    stats = {"anchors": 0, "neighbours": 0, "substituted": 0}
-
-    def add(c: int, is_anchor: bool) -> bool:
-        """Put c in the batch; True when that completed (and flushed) the batch."""
-        nonlocal cur, cur_anchor
-        used[c] = 1
-        cur.append(c)
-        cur_anchor.append(is_anchor)
-        if grp is not None:
-            g = grp_l[c]
-            gib[g] = 1
-            gfree[g] -= 1
-        if sym is not None:
-            lo, hi = s_ptr[c], s_ptr[c + 1]
-            if hi > lo:
-                blocked_np[s_idx[lo:hi]] = 1
-        if len(cur) < bsz:
-            return False
-        batches.append(np.array(cur, dtype=np.int64))
-        anchors.append(np.array(cur_anchor, dtype=bool))
-        if grp is not None:  # clearing the whole flag array (a memset) is cheaper than per-id resets
-            gib_np[:] = 0
-        if sym is not None:
-            blocked_np[:] = 0
-        cur, cur_anchor = [], []
-        return True
-
-    def clashes(c: int) -> bool:
-        return (grp is not None and gib[grp_l[c]] == 1) or (sym is not None and blocked[c] == 1)
-
-    def substitute(g: int) -> int:
-        """An unused, not-blocked member of group g, or -1."""
-        p, end = gptr[g], gend[g]
-        while p < end and used[members[p]]:
-            p += 1
-        gptr[g] = p
-        while p < end:
-            m = members[p]
-            if not used[m] and not (sym is not None and blocked[m]):
-                return m
-            p += 1
-        return -1
-
-    def take_anchor(a: int) -> None:
-        nonlocal keys, key_i
-        stats["anchors"] += 1
-        if add(a, True) or k == 0:
-            return
-        row = nb[a]
-        if far_w > 0 and half > 0:
-            if key_i >= keys.shape[0]:  # random orders of the far positions, drawn in blocks (deterministic)
-                keys = np.argsort(rng.random((1024, far_w)), axis=1)
-                key_i = 0
-            far = row[half:][keys[key_i]]
-            key_i += 1
-            cand = np.concatenate([row[:half], far[far >= 0][:half]])
-        else:
-            cand = row[:half]
-        cand = cand[cand >= 0]
-        if grp is None:  # pre-filter; the loop below re-checks, since each addition changes what is free
-            keep = used_np[cand] == 0
-            if sym is not None:
-                keep &= blocked_np[cand] == 0
-        else:
-            g = grp[cand]
-            keep = (gib_np[g] == 0) & (gfree[g] > 0)
-        cand = cand[keep]
-        for c in cand.tolist():
-            if grp is not None:
-                g = grp_l[c]
-                if gib[g] or gfree[g] == 0:
-                    continue
-                if used[c]:
-                    c = substitute(g)
-                    if c < 0:
-                        continue
-                    stats["substituted"] += 1
-                elif sym is not None and blocked[c]:
-                    continue
-            elif used[c] or (sym is not None and blocked[c]):
-                continue
-            stats["neighbours"] += 1
-            if add(c, False):
-                return
-
-    deferred: deque[int] = deque()
-
-    def retry_deferred() -> bool:
-        """One pass over the anchors that clashed earlier; True if any was taken."""
-        took = False
-        for _ in range(len(deferred)):
-            a = deferred.popleft()
-            if used[a]:
-                continue
-            if clashes(a):
-                deferred.append(a)
-                continue
-            take_anchor(a)
-            took = True
-        return took
-
-    for a in perm.tolist():
-        if deferred and not cur:  # a fresh batch: the anchors that clashed before come first
-            retry_deferred()
-        if used[a]:
-            continue
-        if clashes(a):
-            deferred.append(a)
-        else:
-            take_anchor(a)
-    while deferred and retry_deferred():  # stream exhausted: go on while deferred anchors still fit
-        pass
-    leftover = len(cur) + sum(1 for a in deferred if not used[a])
+    leftover = len(b.cur) + sum(1 for a in b.deferred if not b.used[a])
     if leftover > max(2 * bsz, n // 100):
         log.warning("build_batches: %d of %d ids found no place this epoch (groups/forbidden constraints)",
                     leftover, n)
     log.debug("build_batches: N=%d B=%d k=%d K=%d -> %d batches, %d anchors, %d neighbours (%d substituted), "
-              "%d ids left for the dropped partial batch", n, bsz, k, big_k, len(batches), stats["anchors"],
-              stats["neighbours"], stats["substituted"], leftover)
-    return batches, anchors
+              "%d ids left for the dropped partial batch", n, bsz, k, big_k, len(b.batches), b.stats["anchors"],
+              b.stats["neighbours"], b.stats["substituted"], leftover)
+    return b.batches, b.anchors
+
+
+class _EpochBuilder:
+    """The state of one :func:`build_batches` call.
+
+    A hand-written loop: the builder is sequential by nature (each choice changes what is free), so it keeps
+    per-id flags in bytearrays (fast scalar access) with NumPy views over the same memory for the per-anchor
+    vectorised pre-filter of the k candidates. Random draws, in order: one permutation of the ids (here),
+    then blocks of far-position orders (:meth:`_candidates`).
+    """
+
+    def __init__(self, nb: np.ndarray, bsz: int, k: int, rng: np.random.Generator, grp: np.ndarray | None,
+                 sym: tuple[np.ndarray, np.ndarray] | None) -> None:
+        n, big_k = nb.shape
+        self.nb, self.bsz, self.k, self.rng, self.grp, self.sym = nb, bsz, k, rng, grp, sym
+        self.half = k // 2
+        self.far_w = big_k - self.half
+        self.used = bytearray(n)
+        self.used_np = np.frombuffer(self.used, dtype=np.uint8)
+        self.perm = rng.permutation(n)
+        if grp is not None:
+            n_groups = int(grp.max()) + 1
+            self.gib = bytearray(n_groups)  # group already in the current batch
+            self.gib_np = np.frombuffer(self.gib, dtype=np.uint8)
+            self.grp_l = grp.tolist()
+            # members of each group in this epoch's random order, for "draw one not-yet-used member"
+            self.members = self.perm[np.argsort(grp[self.perm], kind="stable")].tolist()
+            gstart = np.zeros(n_groups + 1, dtype=np.int64)
+            np.cumsum(np.bincount(grp, minlength=n_groups), out=gstart[1:])
+            self.gptr = gstart[:-1].tolist()
+            self.gend = gstart[1:].tolist()
+            self.gfree = np.diff(gstart)  # unused members per group (NumPy: read by the vectorised pre-filter)
+        if sym is not None:
+            self.blocked = bytearray(n)
+            self.blocked_np = np.frombuffer(self.blocked, dtype=np.uint8)
+            self.s_ptr, self.s_idx = sym[0].tolist(), sym[1]
+        self.batches: list[np.ndarray] = []
+        self.anchors: list[np.ndarray] = []
+        self.cur: list[int] = []
+        self.cur_anchor: list[bool] = []
+        self.keys = np.empty((0, self.far_w), dtype=np.int64)
+        self.key_i = 0
+        self.stats = {"anchors": 0, "neighbours": 0, "substituted": 0}
+        self.deferred: deque[int] = deque()
+
+    def add(self, c: int, is_anchor: bool) -> bool:
+        """Put c in the batch; True when that completed (and flushed) the batch."""
+        self.used[c] = 1
+        cur = self.cur
+        cur.append(c)
+        self.cur_anchor.append(is_anchor)
+        if self.grp is not None:
+            g = self.grp_l[c]
+            self.gib[g] = 1
+            self.gfree[g] -= 1
+        if self.sym is not None:
+            lo, hi = self.s_ptr[c], self.s_ptr[c + 1]
+            if hi > lo:
+                self.blocked_np[self.s_idx[lo:hi]] = 1
+        if len(cur) < self.bsz:
+            return False
+        self.batches.append(np.array(cur, dtype=np.int64))
+        self.anchors.append(np.array(self.cur_anchor, dtype=bool))
+        if self.grp is not None:  # clearing the whole flag array (a memset) is cheaper than per-id resets
+            self.gib_np[:] = 0
+        if self.sym is not None:
+            self.blocked_np[:] = 0
+        self.cur, self.cur_anchor = [], []
+        return True
+
+    def clashes(self, c: int) -> bool:
+        return (self.grp is not None and self.gib[self.grp_l[c]] == 1) or \
+            (self.sym is not None and self.blocked[c] == 1)
+
+    def substitute(self, g: int) -> int:
+        """An unused, not-blocked member of group g, or -1."""
+        used, members = self.used, self.members
+        p, end = self.gptr[g], self.gend[g]
+        while p < end and used[members[p]]:
+            p += 1
+        self.gptr[g] = p
+        while p < end:
+            m = members[p]
+            if not used[m] and not (self.sym is not None and self.blocked[m]):
+                return m
+            p += 1
+        return -1
+
+    def _candidates(self, a: int) -> np.ndarray:
+        """Anchor a's candidate neighbours: list positions 0 … k/2−1 and k/2 random far ones, pre-filtered."""
+        row, half = self.nb[a], self.half
+        if self.far_w > 0 and half > 0:
+            if self.key_i >= self.keys.shape[0]:  # random orders of the far positions, drawn in blocks
+                self.keys = np.argsort(self.rng.random((1024, self.far_w)), axis=1)
+                self.key_i = 0
+            far = row[half:][self.keys[self.key_i]]
+            self.key_i += 1
+            cand = np.concatenate([row[:half], far[far >= 0][:half]])
+        else:
+            cand = row[:half]
+        cand = cand[cand >= 0]
+        if self.grp is None:  # pre-filter; take_anchor re-checks, since each addition changes what is free
+            keep = self.used_np[cand] == 0
+            if self.sym is not None:
+                keep &= self.blocked_np[cand] == 0
+        else:
+            g = self.grp[cand]
+            keep = (self.gib_np[g] == 0) & (self.gfree[g] > 0)
+        return cand[keep]
+
+    def take_anchor(self, a: int) -> None:
+        self.stats["anchors"] += 1
+        if self.add(a, True) or self.k == 0:
+            return
+        grp, sym, used = self.grp, self.sym, self.used
+        for c in self._candidates(a).tolist():
+            if grp is not None:
+                g = self.grp_l[c]
+                if self.gib[g] or self.gfree[g] == 0:
+                    continue
+                if used[c]:
+                    c = self.substitute(g)
+                    if c < 0:
+                        continue
+                    self.stats["substituted"] += 1
+                elif sym is not None and self.blocked[c]:
+                    continue
+            elif used[c] or (sym is not None and self.blocked[c]):
+                continue
+            self.stats["neighbours"] += 1
+            if self.add(c, False):
+                return
+
+    def retry_deferred(self) -> bool:
+        """One pass over the anchors that clashed earlier; True if any was taken."""
+        took = False
+        deferred = self.deferred
+        for _ in range(len(deferred)):
+            a = deferred.popleft()
+            if self.used[a]:
+                continue
+            if self.clashes(a):
+                deferred.append(a)
+                continue
+            self.take_anchor(a)
+            took = True
+        return took
+
+    def run(self) -> None:
+        used, deferred = self.used, self.deferred
+        for a in self.perm.tolist():
+            if deferred and not self.cur:  # a fresh batch: the anchors that clashed before come first
+                self.retry_deferred()
+            if used[a]:
+                continue
+            if self.clashes(a):
+                deferred.append(a)
+            else:
+                self.take_anchor(a)
+        while deferred and self.retry_deferred():  # stream exhausted: go on while deferred anchors still fit
+            pass
 
 
 # ------------------------------------------------------------------------------------------------ DSS mining
@@ -355,8 +376,8 @@ def representative_samples(positive: Any, n_refs: int) -> np.ndarray:
 def dss_neighbours(ground_emb: np.ndarray, aerial_emb: np.ndarray, positive: Any, K: int, *,
                    semi_positives: Any = None, sample_of_reference: Any = None, chunk: int = 4096,
                    progress: bool = False) -> np.ndarray:
-    """Dynamic-similarity neighbour lists (SPEC §4): for each training ground image, the samples whose aerial
-    tiles are most similar to it, own positive and semi-positives excluded.
+    """Dynamic-similarity neighbour lists (docs/METHOD.md §4): for each training ground image, the samples whose
+    aerial tiles are most similar to it, own positive and semi-positives excluded.
 
     Ground→aerial top-K by exact inner product through the compiled core (``topk_similarity`` with
     ``exclude``): memory O(N·K + one block), never an N×M matrix.
@@ -428,17 +449,6 @@ def dss_neighbours(ground_emb: np.ndarray, aerial_emb: np.ndarray, positive: Any
 
 
 # ------------------------------------------------------------------------------------------------- hardness
-def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    try:
-        from s4g_engine.geo import haversine_m
-    except ImportError:  # the datasets helper's geo module; same formula, R = 6,371,004 m
-        p1, p2 = np.radians(lat1), np.radians(lat2)
-        dp, dl = p2 - p1, np.radians(lon2) - np.radians(lon1)
-        h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-        return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
-    return haversine_m(lat1, lon1, lat2, lon2)
-
-
 def batch_hardness(batches: Sequence[np.ndarray], ground_emb: np.ndarray | None = None,
                    aerial_emb: np.ndarray | None = None, gps: np.ndarray | None = None) -> dict[str, float]:
     """How hard an epoch's batches are, for logging the effect of sampling.
@@ -484,145 +494,10 @@ def batch_hardness(batches: Sequence[np.ndarray], ground_emb: np.ndarray | None 
         eye = np.eye(bsz, dtype=bool)
         for s in range(0, nbat, per):
             p = ll[ids[s:s + per]]
-            d = _haversine_m(p[:, :, None, 0], p[:, :, None, 1], p[:, None, :, 0], p[:, None, :, 1])
+            d = haversine_m(p[:, :, None, 0], p[:, :, None, 1], p[:, None, :, 0], p[:, None, :, 1])
             nearest = np.where(eye | np.isnan(d), np.inf, d).min(axis=2)
             ok = np.isfinite(nearest)
             tot += float(nearest[ok].sum())
             cnt += int(ok.sum())
         out["hardness_gps_m"] = tot / cnt if cnt else float("nan")
     return out
-
-
-# -------------------------------------------------------------------------------------------------- sampler
-def _pack_table(t: np.ndarray | None) -> dict[str, Any] | None:
-    """A neighbour table as plain types (bytes + shape + crc32) for ``torch.load(weights_only=True)``."""
-    if t is None:
-        return None
-    data = np.ascontiguousarray(t, dtype="<i8").tobytes()
-    return {"shape": [int(x) for x in t.shape], "dtype": "int64", "crc32": zlib.crc32(data), "data": data}
-
-
-def _unpack_table(d: dict[str, Any] | None) -> np.ndarray | None:
-    if d is None:
-        return None
-    data = d["data"]
-    if zlib.crc32(data) != d["crc32"]:
-        raise ValueError("sampler state: the stored neighbour table fails its crc32 check (corrupt checkpoint)")
-    return np.frombuffer(data, dtype="<i8").reshape(d["shape"]).astype(np.int64)
-
-
-def _table_crc(t: np.ndarray | None) -> int | None:
-    return None if t is None else zlib.crc32(np.ascontiguousarray(t, dtype="<i8").tobytes())
-
-
-class Sampler:
-    """Which neighbour table feeds the batch builder in which epoch (SPEC §4), with resumable state.
-
-    * ``random``: shuffled batches. ``gps``: GPS lists every epoch. ``dss``: random until the first adopted
-      DSS table, then DSS. ``gps+dss``: GPS until the first adopted DSS table, then DSS.
-    * DSS mining is due after epoch ``e`` (1-based) when ``e >= dss_start_epoch`` and
-      ``(e - dss_start_epoch) % dss_every == 0`` (reference: ``dss_start_epoch = dss_every = 4``).
-    * ``dss_min_train_r1`` (percent): a mined table is only adopted once the model is competent — the first
-      table is rejected while the training-set R@1 measured with it is below the threshold (SPEC §4, last
-      bullet: DSS from a random-init model collapses training). ``None`` = the reference's fixed schedule.
-
-    Batches for epoch ``e`` come from ``numpy.random.default_rng([seed, e])`` and the active table, so the
-    state is just the table and a few flags: a resumed run rebuilds exactly the same batches.
-    """
-
-    def __init__(self, strategy: str, n: int, batch_size: int, *, k: int = 64, K: int = 128, seed: int = 0,
-                 dss_every: int = 4, dss_start_epoch: int | None = None, dss_min_train_r1: float | None = None,
-                 gps_neighbours: np.ndarray | None = None, groups: Any = None, forbidden: Any = None) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
-        if strategy in ("gps", "gps+dss") and gps_neighbours is None:
-            raise ValueError(f"strategy {strategy!r} needs gps_neighbours (N, K) (s4g_engine.geo.gps_neighbours)")
-        if dss_every < 1:
-            raise ValueError(f"dss_every must be >= 1, got {dss_every}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.strategy, self.n, self.batch_size = strategy, int(n), int(batch_size)
-        self.k, self.K, self.seed = int(k), int(K), int(seed)
-        self.dss_every = int(dss_every)
-        self.dss_start_epoch = int(dss_every if dss_start_epoch is None else dss_start_epoch)
-        self.dss_min_train_r1 = None if dss_min_train_r1 is None else float(dss_min_train_r1)
-        self.gps = None if gps_neighbours is None else self._check_table(gps_neighbours, "gps_neighbours")
-        self.groups, self.forbidden = groups, forbidden
-        self.dss_table: np.ndarray | None = None
-        self.dss_active = False
-        self.n_refreshes = 0
-
-    def _check_table(self, t: Any, name: str) -> np.ndarray:
-        t = _as_int_array(t, name, 2)
-        if t.shape[0] != self.n or t.shape[1] < self.k:
-            raise ValueError(f"{name} must be ({self.n}, K>={self.k}), got {t.shape}")
-        return t
-
-    @property
-    def source(self) -> str:
-        """The table the next epoch's batches come from: ``random``, ``gps`` or ``dss``."""
-        if self.dss_active:
-            return "dss"
-        return "gps" if self.strategy in ("gps", "gps+dss") else "random"
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """The batches of epoch ``epoch`` (deterministic in seed, epoch and the active table)."""
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        src = self.source
-        if src == "random":
-            return random_batches(self.n, self.batch_size, rng, groups=self.groups, forbidden=self.forbidden)
-        table = self.dss_table if src == "dss" else self.gps
-        return build_batches(table, self.batch_size, self.k, rng, groups=self.groups, forbidden=self.forbidden)
-
-    def should_mine(self, epoch_done: int) -> bool:
-        """Whether DSS lists are due after finishing (1-based) epoch ``epoch_done``."""
-        if self.strategy not in ("dss", "gps+dss") or epoch_done < self.dss_start_epoch:
-            return False
-        return (epoch_done - self.dss_start_epoch) % self.dss_every == 0
-
-    def offer_dss(self, neighbours: np.ndarray, train_r1: float | None = None) -> bool:
-        """Offer a freshly mined DSS table; returns whether it is used from the next epoch on."""
-        if self.strategy not in ("dss", "gps+dss"):
-            raise ValueError(f"strategy {self.strategy!r} does not use DSS tables")
-        table = self._check_table(neighbours, "DSS neighbours")
-        if self.dss_min_train_r1 is not None and not self.dss_active:
-            if train_r1 is None:
-                raise ValueError("dss_min_train_r1 is set: pass the training-set R@1 (percent) with the table")
-            if train_r1 < self.dss_min_train_r1:
-                log.info("DSS not started: training R@1 %.2f%% < %.2f%%; keeping %s batches", train_r1,
-                         self.dss_min_train_r1, self.source)
-                return False
-        self.dss_table = table
-        self.dss_active = True
-        self.n_refreshes += 1
-        log.info("DSS table #%d adopted%s", self.n_refreshes,
-                 "" if train_r1 is None else f" (training R@1 {train_r1:.2f}%)")
-        return True
-
-    def _config(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "n": self.n, "batch_size": self.batch_size, "k": self.k,
-                "K": self.K, "seed": self.seed, "dss_every": self.dss_every,
-                "dss_start_epoch": self.dss_start_epoch, "dss_min_train_r1": self.dss_min_train_r1}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain Python types only (bytes for the table), loadable with ``torch.load(weights_only=True)``."""
-        return {"format": "s4g-sampler", "version": 1, "config": self._config(), "dss_active": self.dss_active,
-                "n_refreshes": self.n_refreshes, "dss_table": _pack_table(self.dss_table),
-                "gps_crc32": _table_crc(self.gps)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format") != "s4g-sampler":
-            raise ValueError("not a sampler state (expected a dict with format 's4g-sampler')")
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported sampler state version {state.get('version')!r}; this code reads 1")
-        if state["config"] != self._config():
-            diff = {key: (v, self._config().get(key)) for key, v in state["config"].items()
-                    if self._config().get(key) != v}
-            raise ValueError(f"sampler state was saved with another configuration (saved, current): {diff}")
-        if state["gps_crc32"] != _table_crc(self.gps):
-            raise ValueError("sampler state: the GPS neighbour table differs from the one the run was saved with "
-                             "(different data or K?)")
-        table = _unpack_table(state["dss_table"])
-        self.dss_table = None if table is None else self._check_table(table, "stored DSS table")
-        self.dss_active = bool(state["dss_active"])
-        self.n_refreshes = int(state["n_refreshes"])

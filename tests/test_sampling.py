@@ -1,26 +1,28 @@
-"""Batch builder (SPEC §4), DSS mining, hardness and the resumable Sampler.
+"""Batch builder (docs/METHOD.md §4), DSS mining, hardness and the batch schedule (``s4g_train.schedule``).
 
-The builder is checked three ways: (1) equal to a plain set-based transcription of SPEC §4 written here
-(same randomness contract), (2) implementation-independent invariants on random neighbour tables, (3) hand
+The builder is checked three ways: (1) equal to a plain set-based transcription of docs/METHOD.md §4 written
+here (same randomness contract), (2) implementation-independent invariants on random neighbour tables, (3) hand
 examples (first anchor, group substitution).
 """
 
 from __future__ import annotations
 
 import io
-import time
 from collections import deque
 
 import numpy as np
 import pytest
 
-from s4g_train.sampling import (Sampler, batch_hardness, build_batches, dss_neighbours, random_batches,
+from s4g_engine.errors import CorruptFileError, FormatError, StateError
+from s4g_train.config import SamplingConfig
+from s4g_train.schedule import BatchSchedule
+from s4g_train.sampling import (batch_hardness, build_batches, dss_neighbours, random_batches,
                                 representative_samples, semi_positive_forbidden)
 
 
 # ------------------------------------------------------------------------------------------- plain reference
 def plain_build(nb, B, k, rng, groups=None, forbidden=None):
-    """SPEC §4 with Python sets; randomness as documented in build_batches."""
+    """docs/METHOD.md §4 with Python sets; randomness as documented in build_batches."""
     n, K = nb.shape
     half, far_w = k // 2, K - k // 2
     forb = {i: set() for i in range(n)}
@@ -311,16 +313,16 @@ def test_representative_samples():
     np.testing.assert_array_equal(representative_samples([2, 0, 2, 3], 5), [1, -1, 0, 3, -1])
 
 
-def test_speed_cvusa_size():
-    """N = 35,532 (CVUSA train), K = 128, B = 128, k = 64 on a kNN-like table: well under 2 s."""
+def test_cvusa_size():
+    """N = 35,532 (CVUSA train), K = 128, B = 128, k = 64 on a kNN-like table: every full batch is built, each
+    id at most once (no timing here: speed targets belong in benchmarks, not tests)."""
     rng = np.random.default_rng(0)
     n = 35_532
     nb = (np.arange(n)[:, None] + rng.integers(1, 400, (n, 128))) % n  # local-ish neighbourhoods
-    t = time.perf_counter()
     b = build_batches(nb, 128, 64, np.random.default_rng(1))
-    dt = time.perf_counter() - t
     assert len(b) == n // 128
-    assert dt < 2.0, f"build_batches took {dt:.2f}s"
+    ids = np.concatenate(b)
+    assert len(np.unique(ids)) == len(ids)
 
 
 # ------------------------------------------------------------------------------------------------ DSS mining
@@ -403,7 +405,8 @@ def test_dss_pads_when_too_few_references():
 
 @needs_core
 def test_vigor_like_pipeline_dss_groups_semi_positives():
-    """DSS lists over tiles → build_batches with tile groups and semi-positive exclusion (SPEC §4, VIGOR)."""
+    """DSS lists over tiles → build_batches with tile groups and semi-positive exclusion (docs/METHOD.md §4,
+    VIGOR)."""
     rng = np.random.default_rng(12)
     n_tiles, n, d = 150, 260, 16
     tiles = rng.standard_normal((n_tiles, d)).astype(np.float32)
@@ -473,56 +476,142 @@ def test_gps_batches_are_harder_than_random():
     assert h_gps < 0.5 * h_rnd
 
 
-# -------------------------------------------------------------------------------------------------- sampler
-def test_sampler_schedule_and_resume():
+# -------------------------------------------------------------------------------------------- batch schedule
+def make_schedule(strategy="gps+dss", n=96, B=12, seed=3, gps=None, positive=None, semi=None, **kw):
+    cfg = SamplingConfig(strategy=strategy, k=4, K=8, **{"dss_every": 2, "dss_start_epoch": 2, **kw})
+    return BatchSchedule(cfg, n=n, batch_size=B, steps_per_epoch=n // B - 1, seed=seed,
+                         positive=np.arange(n) if positive is None else positive, semi_positives=semi, gps=gps)
+
+
+def fake_embed(n, quality, positive=None, seed=0, d=16):
+    """``embed(ids)`` as the trainer's: a fraction ``quality`` of the ground views equals its tile's view."""
+    rng = np.random.default_rng(seed)
+    positive = np.arange(n) if positive is None else positive
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    tiles = unit(rng.standard_normal((int(positive.max()) + 1, d)))
+    ground = unit(rng.standard_normal((n, d)))
+    good = rng.random(n) < quality
+    ground[good] = tiles[positive[good]]
+
+    def embed(ids):
+        ids = np.arange(n) if ids is None else ids
+        r_ids = np.unique(positive[ids])
+        return ground[ids], tiles[r_ids], np.searchsorted(r_ids, positive[ids])
+    return embed
+
+
+def run_epochs(s, epochs, embed_for_epoch):
+    """Drive a schedule like the trainer; returns per epoch (source, log fields, batches)."""
+    out = []
+    for e in range(1, epochs + 1):
+        b = s.batches()
+        for _ in range(len(b)):
+            s.advance()
+        src = s.source
+        s.end_epoch()
+        out.append((src, s.after_epoch(e, epochs, embed_for_epoch(e)), b))
+    return out
+
+
+@pytest.mark.skipif(not _core_available(), reason="compiled core not built")
+def test_schedule_measured_start_and_refresh_cadence():
+    n = 96
+    gps, _ = knn_table(np.random.default_rng(0), n, 8)
+    s = make_schedule(gps=gps, dss_start_r1=50.0, dss_mining_size=40)
+    # the model is useless until epoch 3, then good: DSS starts after epoch 3, then every 2 epochs, not after 10
+    hist = run_epochs(s, 10, lambda e: fake_embed(n, 0.0 if e < 3 else 1.0, seed=e))
+    assert [h[0] for h in hist] == ["gps"] * 3 + ["dss"] * 7
+    assert [e for e, h in enumerate(hist, 1) if "dss_refresh_s" in h[1]] == [3, 5, 7, 9]
+    assert [e for e, h in enumerate(hist, 1) if "train_r1" in h[1]] == [2, 3]  # probed until competent
+    assert hist[1][1]["train_r1"] < 20.0 and hist[2][1]["train_r1"] == 100.0 and hist[2][1]["train_r1_full"] == 100.0
+    assert s.last_refresh == 9 and s.dss.shape == (n, 8)
+    assert not (s.dss == np.arange(n)[:, None]).any()  # own pair never a neighbour
+    # reference schedule (no measured start), dss only: random batches until the first lists
+    d = make_schedule("dss", dss_every=4, dss_start_epoch=4)
+    hist = run_epochs(d, 10, lambda e: fake_embed(n, 0.0, seed=e))
+    assert [h[0] for h in hist] == ["random"] * 4 + ["dss"] * 6
+    assert [e for e, h in enumerate(hist, 1) if "dss_refresh_s" in h[1]] == [4, 8]
+    r = make_schedule("random")
+    assert [h[0] for h in run_epochs(r, 3, lambda e: None)] == ["random"] * 3
+
+
+def test_schedule_randomness_contract():
+    """One generator seeded [seed, 7], consumed by each epoch's build in turn (the trainer's reference)."""
+    n, B, seed = 96, 12, 5
+    gps, _ = knn_table(np.random.default_rng(1), n, 8)
+    s = make_schedule("gps", n=n, B=B, seed=seed, gps=gps)
+    rng = np.random.default_rng([seed, 7])
+    for _ in range(3):
+        want = np.stack(build_batches(gps, B, 4, rng))[: n // B - 1]
+        np.testing.assert_array_equal(s.batches(), want)
+        s.end_epoch()
+    r = make_schedule("random", n=n, B=B, seed=seed)
+    rng = np.random.default_rng([seed, 7])
+    np.testing.assert_array_equal(r.batches(), np.stack(random_batches(n, B, rng))[: n // B - 1])
+
+
+@pytest.mark.skipif(not _core_available(), reason="compiled core not built")
+def test_schedule_vigor_groups_and_semi_positives():
+    n, m = 120, 60
+    rng = np.random.default_rng(4)
+    positive = np.arange(n) // 2  # two panoramas per tile
+    semi = np.where(rng.random((n, 3)) < 0.7, rng.integers(0, m, (n, 3)), -1)
+    semi[semi == positive[:, None]] = -1  # a tile is never its own semi-positive
+    s = make_schedule("dss", n=n, B=10, positive=positive, semi=semi, dss_start_epoch=1)
+    s.after_epoch(1, 3, fake_embed(n, 0.5, positive=positive))
+    for i in range(n):  # listed samples: never the own tile, never a semi-positive tile
+        tiles = positive[s.dss[i][s.dss[i] >= 0]]
+        assert positive[i] not in tiles and not set(tiles) & set(semi[i][semi[i] >= 0])
+    for b in s.batches():  # one panorama per tile per batch; no semi-positive pair in a batch
+        assert len(set(positive[b])) == len(b)
+        for i in b:
+            assert not set(positive[b]) & set(semi[i][semi[i] >= 0])
+
+
+def test_schedule_state_round_trip_and_refusals():
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(10)
-    n = 200
-    gps_nb, _ = knn_table(rng, n, 16)
-    s = Sampler("gps+dss", n, 16, k=8, K=16, seed=3, dss_every=2, dss_start_epoch=4, dss_min_train_r1=50.0,
-                gps_neighbours=gps_nb)
-    assert s.source == "gps"
-    assert [e for e in range(1, 11) if s.should_mine(e)] == [4, 6, 8, 10]
-    assert not s.offer_dss(random_table(rng, n, 16), train_r1=10.0)  # not competent yet
-    assert s.source == "gps"
-    with pytest.raises(ValueError, match="training-set R@1"):
-        s.offer_dss(random_table(rng, n, 16))
-    dss_tab = random_table(rng, n, 16)
-    assert s.offer_dss(dss_tab, train_r1=70.0) and s.source == "dss"
-    want = s.batches(7)
+    n = 96
+    gps, _ = knn_table(np.random.default_rng(2), n, 8)
+    s = make_schedule(gps=gps)
+    s.batches()
+    s.end_epoch()
+    s.dss, s.dss_active, s.last_refresh = random_table(np.random.default_rng(3), n, 8), True, 1
+    s.batches()
+    s.advance()
+    s.advance()  # mid-epoch
     buf = io.BytesIO()
-    torch.save({"sampler": s.state_dict()}, buf)
+    torch.save({"schedule": s.state_dict()}, buf)
     buf.seek(0)
-    state = torch.load(buf, weights_only=True)["sampler"]
-    s2 = Sampler("gps+dss", n, 16, k=8, K=16, seed=3, dss_every=2, dss_start_epoch=4, dss_min_train_r1=50.0,
-                 gps_neighbours=gps_nb)
-    s2.load_state_dict(state)
-    assert s2.source == "dss" and all(np.array_equal(x, y) for x, y in zip(want, s2.batches(7)))
-    np.testing.assert_array_equal(s2.dss_table, dss_tab)
-    bad = dict(state, dss_table=dict(state["dss_table"], data=b"\0" + state["dss_table"]["data"][1:]))
-    with pytest.raises(ValueError, match="crc32"):
-        s2.load_state_dict(bad)
-    s3 = Sampler("gps+dss", n, 16, k=8, K=16, seed=4, dss_every=2, dss_start_epoch=4, dss_min_train_r1=50.0,
-                 gps_neighbours=gps_nb)
-    with pytest.raises(ValueError, match="another configuration"):
-        s3.load_state_dict(state)
+    state = torch.load(buf, weights_only=True)["schedule"]
+
+    t = make_schedule(gps=gps)
+    t.load_state_dict(state)
+    assert t.pos == 2 and t.mid_epoch and t.source == "dss" and t.last_refresh == 1
+    np.testing.assert_array_equal(t.batches(), s.batches())
+    s.end_epoch()
+    t.end_epoch()
+    np.testing.assert_array_equal(t.batches(), s.batches())  # the generator continues where it was
+
+    bad = dict(state, dss=dict(state["dss"], data=b"\1" + state["dss"]["data"][1:]))
+    with pytest.raises(CorruptFileError, match="crc32"):
+        make_schedule(gps=gps).load_state_dict(bad)
+    with pytest.raises(StateError, match="other settings.*'seed': \\(3, 4\\)"):
+        make_schedule(gps=gps, seed=4).load_state_dict(state)
+    with pytest.raises(StateError, match="GPS neighbour lists differ"):
+        make_schedule(gps=np.roll(gps, 1, axis=0)).load_state_dict(state)
+    with pytest.raises(FormatError, match="version"):
+        make_schedule(gps=gps).load_state_dict(dict(state, version=1))
+
+    # checkpoints written before this class: the trainer's tensors + the generator in train_state["rng"]
+    u = make_schedule(gps=gps)
+    to_t = lambda x: torch.from_numpy(np.frombuffer(x["data"], "<i8").reshape(x["shape"]).copy())  # noqa: E731
+    u.load_legacy({"gps_nb": torch.from_numpy(gps), "dss_nb": to_t(state["dss"]), "dss_active": True,
+                   "last_refresh": 1, "epoch_batches": to_t(state["batches"]), "batch_pos": 2}, state["rng"])
+    assert u.state_dict() == state
 
 
-def test_sampler_strategies():
-    rng = np.random.default_rng(11)
-    n = 120
-    gps_nb, _ = knn_table(rng, n, 8)
-    r = Sampler("random", n, 12, k=4, K=8)
-    assert r.source == "random" and not r.should_mine(4) and len(r.batches(1)) == 10
-    d = Sampler("dss", n, 12, k=4, K=8)  # reference schedule: mine after epochs 4, 8, ...
-    assert d.source == "random" and d.should_mine(4) and not d.should_mine(5) and d.should_mine(8)
-    assert d.offer_dss(gps_nb) and d.source == "dss"
-    with pytest.raises(ValueError, match="needs gps_neighbours"):
-        Sampler("gps", n, 12)
-    with pytest.raises(ValueError, match="unknown sampling strategy"):
-        Sampler("hard", n, 12)
-    g = Sampler("gps", n, 12, k=4, K=8, gps_neighbours=gps_nb)
-    with pytest.raises(ValueError, match="does not use DSS"):
-        g.offer_dss(gps_nb)
-    assert all(np.array_equal(x, y) for x, y in zip(g.batches(2), g.batches(2)))
-    assert not all(np.array_equal(x, y) for x, y in zip(g.batches(2), g.batches(3)))
+def test_schedule_bad_config():
+    with pytest.raises(ValueError, match="needs GPS neighbour lists"):
+        make_schedule("gps")
+    with pytest.raises(ValueError, match="expected one of"):
+        make_schedule("hard")
