@@ -1,10 +1,11 @@
-"""Checkpoints: atomic writes, safe (``weights_only=True``) reads with clear errors, model loading.
+"""Checkpoints: atomic writes, safe (``weights_only=True``) reads with clear errors, model loading and
+fine-tune initialisation from a checkpoint.
 
 Payload of our format::
 
     {"format": "s4g-checkpoint", "version": 1, "model_config": ModelConfig.to_dict(),
      "model": state_dict, "config": <resolved training config dict>, "epoch": int, "metrics": dict,
-     ... training state (optimizer, scheduler, scaler, rng, sampler) for last.pt}
+     ... training state (optimizer, scheduler, scaler, rng, batch schedule) for last.pt}
 
 Everything in it is a tensor, a number, a string, None or a container of these, so ``torch.load`` with
 ``weights_only=True`` reads it without executing pickled code.
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError, ModelMismatchError
+from s4g_engine.fileio import atomic_write_with
 from s4g_train.model import ModelConfig, S4GModel
 
 log = logging.getLogger(__name__)
@@ -29,41 +31,26 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
-
-    A reader never sees a half-written file: a crash (even ``kill -9``) leaves the previous version.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` to ``path`` atomically (``s4g_engine.fileio``): a reader never sees a half-written
+    file; a crash (even ``kill -9``) leaves the previous version."""
+    atomic_write_with(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; raises a clear error for missing/corrupt files."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+        raise MissingFileError(f"checkpoint {str(p)!r} does not exist")
     if p.stat().st_size == 0:
-        raise ValueError(f"checkpoint {str(p)!r} is empty (0 bytes): the file was truncated; use another "
+        raise CorruptFileError(f"checkpoint {str(p)!r} is empty (0 bytes): the file was truncated; use another "
                          "checkpoint (e.g. best.pt / last.pt) or retrain")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # zipfile/pickle/EOF errors all mean the file cannot be trusted
-        raise ValueError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be read safely "
+        raise CorruptFileError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be read safely "
                          f"({type(exc).__name__}: {exc}); use another checkpoint or retrain") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {str(p)!r}: expected a dict payload, got {type(obj).__name__}")
+        raise CorruptFileError(f"checkpoint {str(p)!r}: expected a dict payload, got {type(obj).__name__}")
     return obj
 
 
@@ -103,7 +90,7 @@ def _size(v: Any, name: str) -> tuple[int, int] | None:
         return None
     t = tuple(int(x) for x in v)
     if len(t) != 2 or min(t) <= 0:
-        raise ValueError(f"{name} must be (H, W) with two positive ints, got {v!r}")
+        raise InputError(f"{name} must be (H, W) with two positive ints, got {v!r}")
     return t  # type: ignore[return-value]
 
 
@@ -149,22 +136,22 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, all
                        "missing_keys": rinfo["missing"], "unexpected_keys": rinfo["unexpected"],
                        "reference": rinfo, "input_sizes_from": origin, "path": str(path)}
     if payload.get("version") != VERSION:
-        raise ValueError(f"checkpoint {path}: format version {payload.get('version')} is not supported "
+        raise FormatError(f"checkpoint {path}: format version {payload.get('version')} is not supported "
                          f"(this s4g reads version {VERSION})")
     mcfg = ModelConfig.from_dict(payload["model_config"])
     if backbone is not None and backbone != mcfg.backbone:
-        raise ValueError(f"checkpoint {path} holds backbone {mcfg.backbone!r}, but {backbone!r} was requested; "
+        raise ModelMismatchError(f"checkpoint {path} holds backbone {mcfg.backbone!r}, but {backbone!r} was requested; "
                          "omit the backbone argument for our own checkpoints")
     for name, want, have in (("ground_size", gs, mcfg.ground_size), ("aerial_size", as_, mcfg.aerial_size)):
         if want is not None and tuple(want) != tuple(have):
-            raise ValueError(f"checkpoint {path} was trained with {name} {list(have)}, but {list(want)} was "
+            raise ModelMismatchError(f"checkpoint {path} was trained with {name} {list(have)}, but {list(want)} was "
                              f"requested; omit the size option for our own checkpoints (they store their sizes)")
     mcfg.pretrained_file = None  # weights come from the checkpoint, never from the original init file
     model = S4GModel(mcfg)
     try:
         result = model.load_state_dict(payload["model"], strict=not allow_partial)
     except RuntimeError as exc:  # torch names the missing/unexpected/mis-shaped keys; make it a ValueError
-        raise ValueError(f"checkpoint {path} does not match its own model config (backbone {mcfg.backbone!r}): "
+        raise ModelMismatchError(f"checkpoint {path} does not match its own model config (backbone {mcfg.backbone!r}): "
                          f"{exc}. Fix: use an intact checkpoint, or pass allow_partial / --allow-partial to load "
                          "only the matching tensors") from exc
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
@@ -182,3 +169,34 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, all
         "path": str(path),
     }
     return model, info
+
+
+def init_weights(model: S4GModel, path: str, *, backbone: str | None = None,
+                 allow_partial: bool = False) -> dict[str, Any]:
+    """Copy the weights of checkpoint ``path`` (ours or a reference Sample4Geo one) into ``model`` in place.
+
+    The checkpoint is loaded through :func:`load_model` (strict, ``weights_only``), then its state_dict is
+    loaded into ``model`` strictly: a checkpoint of another architecture is a ``ValueError`` naming the keys,
+    unless ``allow_partial`` (then only tensors that match by name and shape are copied and the rest is
+    logged). Input sizes do not matter for the weights (the model keeps its own config's).
+    Returns the loader's info plus ``copied`` / ``skipped`` key lists.
+    """
+    src, info = load_model(path, backbone=backbone, allow_partial=allow_partial)
+    sd, own = src.state_dict(), model.state_dict()
+    copied = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(copied)) + sorted(k for k in sd if k not in own)
+    if skipped and not allow_partial:
+        raise ModelMismatchError(
+            f"init checkpoint {path} (backbone {src.cfg.backbone!r}) does not fit the configured model "
+            f"(model.backbone {model.cfg.backbone!r}): {len(skipped)} tensors differ, e.g. {skipped[:6]}. "
+            "Fix: set --model.backbone to the checkpoint's backbone, or pass --allow-partial to fine-tune "
+            "from the matching tensors only")
+    if skipped:
+        log.warning("partial init from %s: %d/%d tensors copied; not from the checkpoint: %s", path,
+                    len(copied), len(own), skipped)
+    with torch.no_grad():
+        for k, v in copied.items():
+            own[k].copy_(v.to(own[k].dtype))
+    log.info("initialised the model from %s (%s, backbone %s, %d tensors)", path, info.get("format"),
+             src.cfg.backbone, len(copied))
+    return {**info, "copied": sorted(copied), "skipped": skipped}

@@ -25,13 +25,13 @@ from typing import Any
 import yaml
 
 from s4g_train.model import ModelConfig
+from s4g_train.sampling import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 DATASETS = ("cvusa", "cvact", "vigor-same", "vigor-cross", "university-d2s", "university-s2d")
-STRATEGIES = ("random", "gps", "dss", "gps+dss")
 LOSSES = ("infonce", "street2sat", "sat2street", "triplet", "soft_triplet")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -90,7 +90,7 @@ class OptimConfig:
 
 @dataclass
 class SamplingConfig:
-    strategy: str = "gps+dss"  # random | gps | dss | gps+dss (SPEC §4)
+    strategy: str = "gps+dss"  # random | gps | dss | gps+dss (docs/METHOD.md §4)
     k: int = 64  # neighbours taken per anchor (k/2 nearest + k/2 random from ranks k/2…K−1)
     K: int = 128  # neighbour pool size
     dss_every: int = 4  # refresh DSS lists after every n-th epoch
@@ -112,7 +112,9 @@ class TrainConfig:
     amp: str = "auto"  # auto: fp16+GradScaler on CUDA, bf16 on CPUs with native bf16, else off
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads (None = leave as is)
-    time_budget_min: float | None = None  # stop gracefully so that training + final evaluation fit
+    # a guard, never a planner (s4g_train/budget.py): warns when the run is projected not to fit, and when
+    # training + final evaluation would pass it, cuts the run (resumable with --resume); epochs stay as set
+    time_budget_min: float | None = None
     # wall: real time. cpu: this process's CPU seconds / torch threads ≈ the wall time the run would take
     # alone on the machine (for comparing runs on a shared, overloaded machine; slightly optimistic)
     budget_clock: str = "wall"

@@ -51,17 +51,19 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} must be an integer (set by torchrun)") from exc
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0,
+                     use_cuda: bool | None = None) -> DistInfo:
     """Set up the process group from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT``). Without it (or with ``WORLD_SIZE=1``) nothing is initialised.
+    This is the one place that reads that environment: everything else takes the returned :class:`DistInfo`.
 
-    Backend: ``nccl`` when CUDA is available, else ``gloo`` (override with ``backend``). Device:
-    ``cuda:LOCAL_RANK`` (made current) or ``cpu``.
+    ``use_cuda`` (default: whether CUDA is available) picks the device: ``cuda:LOCAL_RANK`` (made current)
+    or ``cpu``. Backend: ``nccl`` with CUDA, else ``gloo`` (override with ``backend``).
     """
     world = _env_int("WORLD_SIZE", 1)
     rank_ = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() if use_cuda is None else bool(use_cuda)
     if use_cuda:
         if local >= torch.cuda.device_count():
             raise ValueError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA devices are visible; "
@@ -82,7 +84,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
 
 def cleanup() -> None:
     """Tear the process group down: a barrier first — with gloo a rank may otherwise abort at exit while
-    another still talks to it (FACTS.md)."""
+    another still talks to it."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()
         tdist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Evaluation: embed both views of a split, compute SPEC §7 metrics, ``s4g-eval`` CLI.
+"""Evaluation: embed both views of a split, compute the metrics of docs/METHOD.md §7, ``s4g-eval`` CLI.
 
 :func:`evaluate_split` is backend-agnostic: it takes two functions ``paths -> float32 (n, D)`` embeddings
 (torch here; an exported ONNX bundle can plug in its own) and never builds a Q×N matrix (the metrics go
@@ -8,7 +8,6 @@ through the core's streaming ``positive_ranks``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -23,20 +22,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
 from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
+from s4g_train.device import autocast_context, pick_amp, pick_device
 from s4g_train.model import S4GModel
 
 log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 METRIC_KEYS = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "AP")
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 @torch.no_grad()
@@ -48,7 +43,7 @@ def embed_dataset(model: S4GModel, dataset: Any, *, batch_size: int = 128, devic
     was_training = model.training
     model.eval()
     out = np.empty((len(dataset), model.embed_dim), np.float32)
-    # own generator: embedding must not consume the global torch RNG (exact resume, SPEC-free but tested)
+    # own generator: embedding must not consume the global torch RNG (exact resume, tested)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
     try:
@@ -123,7 +118,7 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
     if split.offsets.size and np.isfinite(split.query_gps).all() and np.isfinite(split.reference_gps).all():
-        # VIGOR: metre error of the top-1 tile's centre (SPEC §7)
+        # VIGOR: metre error of the top-1 tile's centre (docs/METHOD.md §7)
         errs = M.localisation_errors(q, r, split.reference_gps, split.query_gps)
         res.update({f"metre_{k}": float(v) for k, v in errs.items()})
     res = {k: float(v) for k, v in res.items()}
@@ -165,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     from s4g_engine.datasets import load_split
 
     from s4g_train.checkpoint import load_model
-    from s4g_train.trainer import pick_amp, pick_device
 
     p = argparse.ArgumentParser(prog="s4g-eval", description="Evaluate a checkpoint on a dataset split.")
     p.add_argument("checkpoint", help="our checkpoint (runs/<name>/checkpoints/best.pt) or a reference .pth")
@@ -189,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-embeddings", metavar="DIR", default=None,
                    help="write query_emb.npy, ref_emb.npy, positive.npy (+ semi_positives.npy) to DIR")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     try:
         model, info = load_model(args.checkpoint, backbone=args.backbone, allow_partial=args.allow_partial,

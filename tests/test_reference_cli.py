@@ -117,8 +117,8 @@ def _capture_first_step(monkeypatch: pytest.MonkeyPatch) -> dict:
     def fit(self) -> bool:  # noqa: ANN001
         seen["state"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         seen["step"], seen["epoch"] = self.step, self.epoch
-        seen["opt_state"] = len(self.opt.state)
-        seen["lr"] = self.opt.param_groups[0]["lr"]
+        seen["opt_state"] = len(self.train_step.opt.state)
+        seen["lr"] = self.train_step.opt.param_groups[0]["lr"]
         return False  # "stopped": no final evaluation
 
     monkeypatch.setattr(trainer_mod.Trainer, "fit", fit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from s4g_train.budget import TimeBudget
 from s4g_train.checkpoint import load_checkpoint, load_model
-from s4g_train.runstate import CosineWarmup
-from s4g_train.trainer import cpu_has_native_bf16, main, pick_amp
-from trainer_util import tiny_args, tiny_cvusa
+from s4g_train.device import cpu_has_native_bf16, pick_amp
+from s4g_train.lr import CosineWarmup
+from s4g_train.trainer import main
+from trainer_util import assert_same_state, epoch_records, read_jsonl, tiny_args, tiny_cvusa
 
 TESTS = Path(__file__).resolve().parent
-
-
-def read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 def test_tiny_training_run_writes_config_metrics_checkpoints_and_evaluates(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -71,15 +68,44 @@ def test_dss_waits_for_the_measured_criterion(tmp_path: Path) -> None:
     assert all("train_r1" in r for r in epochs[:2]) and not any("dss_refresh_s" in r for r in epochs)
 
 
-def test_time_budget_stops_gracefully_and_still_evaluates(tmp_path: Path) -> None:
+def test_time_budget_cuts_the_run_and_resume_finishes_it_identically(tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The budget never re-plans: the run is cut (checkpointed mid-epoch) and --resume gives the uncut run."""
     data = tiny_cvusa(tmp_path / "data")
-    run = tmp_path / "run"
-    assert main(tiny_args(data, run, "--set", "train.epochs=500", "--set", "train.time_budget_min=0.12",
-                          "--set", "eval.every=1000")) == 0
-    recs = read_jsonl(run / "metrics.jsonl")
-    final = [r for r in recs if r["event"] == "final"]
-    assert len(final) == 1 and final[0]["elapsed_s"] < 0.12 * 60 + 5
-    assert 1 <= max(r["epoch"] for r in recs if r["event"] == "epoch") < 500
+    sched = ["--set", "train.epochs=3", "--set", "eval.every=1", "--set", "sampling.dss_start_epoch=1",
+             "--set", "train.final_eval=false"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(tiny_args(data, full, *sched)) == 0
+    calls = {"n": 0}
+
+    def over(self, next_s: float, reserve_s: float = 0.0) -> bool:  # the budget is reached before step 5
+        calls["n"] += 1
+        return calls["n"] >= 5
+
+    monkeypatch.setattr(TimeBudget, "over", over)
+    assert main(tiny_args(data, cut, *sched, "--set", "train.time_budget_min=1")) == 0
+    assert "the run was cut, not shortened" in capsys.readouterr().out
+    st = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert st["epoch"] == 1 and st["train_state"]["step"] == 4 and st["train_state"]["schedule"]["pos"] == 1
+    assert st["train_state"]["epochs"] == 3  # the schedule still plans all epochs
+    assert not [r for r in read_jsonl(cut / "metrics.jsonl") if r["event"] == "final"]
+    monkeypatch.undo()
+    assert main(["--resume", str(cut)]) == 0
+    assert_same_state(full / "checkpoints" / "last.pt", cut / "checkpoints" / "last.pt")
+    assert epoch_records(cut) == epoch_records(full)
+
+
+def test_time_budget_warns_early_when_the_run_will_not_fit(caplog) -> None:  # type: ignore[no-untyped-def]
+    b = TimeBudget(1.0)
+    b.elapsed_before = 20.0
+    with caplog.at_level("WARNING", logger="s4g_train.budget"):
+        b.warn_if_projected_over(epochs_left=3, epoch_s=10.0, reserve_s=5.0, epochs=5)  # ≈ 55 s: fits
+        assert not caplog.records
+        b.warn_if_projected_over(epochs_left=4, epoch_s=10.0, reserve_s=5.0, epochs=6)  # ≈ 65 s: does not
+        b.warn_if_projected_over(epochs_left=4, epoch_s=10.0, reserve_s=5.0, epochs=6)  # once only
+    assert len(caplog.records) == 1 and "not shortened" in caplog.records[0].getMessage()
+    assert not b.over(30.0) and b.over(45.0)
+    assert not TimeBudget(None).over(1e9)
 
 
 def test_cosine_warmup_schedule_per_iteration() -> None:

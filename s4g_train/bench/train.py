@@ -10,7 +10,7 @@ a CPU it runs float32; we time it like that ("as is") and with bf16 autocast add
 comparison separates the number format from the rest. When the preset feeds polar tiles, the reference
 re-creation gets the same core polar transform, so both loops see the same inputs.
 
-s4g-train's step (``Trainer._train_step`` over its own DataLoader): decoded images cached in RAM at the
+s4g-train's step (``Trainer.train_step`` over its own DataLoader): decoded images cached in RAM at the
 network size, geometric + photometric augmentation on the small arrays, one concatenated forward when both
 views have the same size, channels-last, bf16 autocast on CPUs with native bf16 (fp16 + GradScaler on CUDA).
 """
@@ -119,10 +119,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while True:
             e += 1
             from s4g_train.data import EpochBatchSampler
-            yield from DataLoader(tr.dataset, batch_sampler=EpochBatchSampler(tr._build_epoch(), e),
+            batches = tr.schedule.batches()  # the trainer's batch schedule, epoch after epoch
+            tr.schedule.end_epoch()
+            yield from DataLoader(tr.dataset, batch_sampler=EpochBatchSampler(batches, e),
                                   num_workers=cfg.data.num_workers)
 
-    t_s4g = _time_steps(lambda g, a: tr._train_step(g, a), s4g_batches(), args.warmup, args.steps)
+    t_s4g = _time_steps(lambda g, a: tr.train_step(g, a), s4g_batches(), args.warmup, args.steps)
     res["rows"].append({"loop": "s4g-train", "s_per_step": t_s4g, "pairs_per_s": B / t_s4g})
 
     # --- reference re-creation (fresh model with the same init, same files)

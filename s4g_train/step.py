@@ -1,0 +1,106 @@
+"""One optimisation step of Sample4Geo training: the (DDP-wrapped) two-view encoder, AdamW with the
+per-iteration warm-up + cosine schedule, AMP (autocast + GradScaler), gradient clipping, and the in-batch
+hardness figure that the metrics log reports. Knows nothing about epochs, batches or checkpoints' files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from s4g_train.config import Config
+from s4g_train.device import autocast_context
+from s4g_train.losses import make_loss
+from s4g_train.lr import CosineWarmup
+from s4g_train.model import S4GModel
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(torch.nn.Module):
+    """What DDP wraps: both embeddings and the scale come out of ``forward`` (so DDP sees every parameter)."""
+
+    def __init__(self, model: S4GModel, channels_last: bool) -> None:
+        super().__init__()
+        self.net = model
+        self.channels_last = channels_last
+
+    def forward(self, ground: torch.Tensor, aerial: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            ground = ground.contiguous(memory_format=torch.channels_last)
+            aerial = aerial.contiguous(memory_format=torch.channels_last)
+        if ground.shape[1:] == aerial.shape[1:]:
+            # Same input size (polar tile): one pass over both views is faster than two smaller ones.
+            e = self.net.embed(torch.cat([ground, aerial]))
+            g, a = e[: len(ground)], e[len(ground):]
+        else:
+            g, a = self.net.embed(ground), self.net.embed(aerial)
+        return g, a, self.net.scale()
+
+
+class TrainStep:
+    """``step(ground, aerial) → (loss, hardness)`` with its optimiser state.
+
+    ``loss`` is the global-batch loss (under DDP the loss gathers every rank's embeddings itself,
+    ``s4g_train.losses``); ``hardness`` is the mean similarity of each local ground view's hardest in-batch
+    negative. The LR schedule spans ``train.epochs × steps_per_epoch`` iterations, fixed by the config.
+    """
+
+    def __init__(self, model: S4GModel, cfg: Config, *, device: torch.device, amp_dtype: torch.dtype | None,
+                 use_scaler: bool, steps_per_epoch: int, distributed: bool = False) -> None:
+        self.model, self.cfg, self.device, self.amp_dtype = model, cfg, device, amp_dtype
+        self.encoder: torch.nn.Module = Encoder(model, cfg.train.channels_last)
+        if cfg.train.compile:
+            self.encoder = torch.compile(self.encoder)
+        if distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.encoder = torch.nn.parallel.DistributedDataParallel(self.encoder, device_ids=ids)
+        o = cfg.optim
+        decay = [p for _, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for _, p in model.named_parameters() if p.ndim <= 1]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+        self.sched = CosineWarmup(self.opt, base_lr=o.lr, warmup=int(round(o.warmup_epochs * steps_per_epoch)),
+                                  total=cfg.train.epochs * steps_per_epoch, min_ratio=o.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        kw = {"label_smoothing": cfg.train.label_smoothing} \
+            if cfg.train.loss in ("infonce", "street2sat", "sat2street") else {}
+        self.loss_fn = make_loss(cfg.train.loss, **kw)
+
+    def __call__(self, g: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:
+        g = g.to(self.device, non_blocking=True)
+        a = a.to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.amp_dtype):
+            ge, ae, scale = self.encoder(g, a)
+        ge, ae = ge.float(), ae.float()
+        loss = self.loss_fn(ge, ae, scale.float())
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.clip_value is not None:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), self.cfg.optim.clip_value)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        with torch.no_grad():  # batch hardness (local part): similarity of each ground's hardest in-batch negative
+            sim = ge.detach() @ ae.detach().T
+            sim.fill_diagonal_(-2.0)
+            hard = float(sim.max(dim=1).values.mean())
+        return float(loss.detach()), hard
+
+    def train(self) -> None:
+        self.encoder.train()
+
+    def lr(self) -> float:
+        return self.sched.lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
