@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from s4g_engine.fileio import atomic_write_text
 from s4g_train.model import ModelConfig
 from s4g_train.sampling import STRATEGIES
 
@@ -370,19 +370,8 @@ def validate(cfg: Config) -> None:
 
 
 def save_yaml(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write the resolved config atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the resolved config atomically (``s4g_engine.fileio``)."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
