@@ -68,8 +68,8 @@ def test_dss_waits_for_the_measured_criterion(tmp_path: Path) -> None:
     assert all("train_r1" in r for r in epochs[:2]) and not any("dss_refresh_s" in r for r in epochs)
 
 
-def test_time_budget_cuts_the_run_and_resume_finishes_it_identically(tmp_path: Path, capsys,
-                                                                     monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_time_budget_cuts_the_run_and_resume_finishes_it_identically(  # type: ignore[no-untyped-def]
+        tmp_path: Path, capsys, monkeypatch) -> None:
     """The budget never re-plans: the run is cut (checkpointed mid-epoch) and --resume gives the uncut run."""
     data = tiny_cvusa(tmp_path / "data")
     sched = ["--set", "train.epochs=3", "--set", "eval.every=1", "--set", "sampling.dss_start_epoch=1",
