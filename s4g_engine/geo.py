@@ -1,7 +1,7 @@
 """Geodesy helpers: great-circle distances, metric offsets, UTM conversion and GPS neighbour lists.
 
 All angles are in **degrees** at the API and converted to radians inside. (The Sample4Geo reference feeds
-degrees into sklearn's haversine, which expects radians — SPEC §4; we do not.)
+degrees into sklearn's haversine, which expects radians — docs/METHOD.md §4; we do not.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
     "gps_neighbours",
 ]
 
-#: Earth radius used by the VIGOR/Sample4Geo evaluation code (SPEC §7).
+#: Earth radius used by the VIGOR/Sample4Geo evaluation code (docs/METHOD.md §7).
 EARTH_RADIUS_M = 6_371_004.0
 
 

@@ -8,7 +8,7 @@ is converted with ``np.asarray`` and runs on the CPU (OpenMP, GIL released).
 
 Conventions
 -----------
-* Polar transform: SAFA convention of SPEC §9 — row 0 is the far field, row H−1 the camera; column 0
+* Polar transform: SAFA convention of docs/METHOD.md §9 — row 0 is the far field, row H−1 the camera; column 0
   faces south, W/4 west, W/2 north, 3W/4 east. Bilinear sampling, zero outside the tile.
 * Scores are exact inner products in float32, every one computed in the same canonical order (fused
   multiply-add per element, depth chunks of 256), on the CPU and on the GPU alike. Ranking order: higher
@@ -168,7 +168,7 @@ def polar_transform(
     mean: Sequence[float] | np.ndarray | None = None,
     std: Sequence[float] | np.ndarray | None = None,
 ) -> Any:
-    """Polar transform of square aerial tiles (SPEC §9, SAFA convention).
+    """Polar transform of square aerial tiles (docs/METHOD.md §9, SAFA convention).
 
     Args:
         aerial: uint8 or float32 ``(A, A, C)`` or ``(B, A, A, C)`` (north up). Other float dtypes are
@@ -213,7 +213,7 @@ def polar_transform(
 
 
 def inverse_polar(polar: Any, size: int | tuple[int, int], *, fill: float = float("nan")) -> Any:
-    """Inverse polar transform (SPEC §9): a polar map back onto the ``size × size`` aerial tile.
+    """Inverse polar transform (docs/METHOD.md §9): a polar map back onto the ``size × size`` aerial tile.
 
     Args:
         polar: ``(Hp, Wp)`` or ``(Hp, Wp, C)`` map in the SAFA convention (e.g. an activation map of the
@@ -277,7 +277,7 @@ def topk_similarity(queries: Any, refs: Any, k: int, *, exclude: Any = None) -> 
 
 
 def positive_ranks(queries: Any, refs: Any, positive: Any, *, ignore: Any = None) -> Any:
-    """Rank of each query's true reference: ``#{r ∉ ignore[i] : s(i, r) > s(i, positive[i])}`` (SPEC §7).
+    """Rank of each query's true reference: ``#{r ∉ ignore[i] : s(i, r) > s(i, positive[i])}`` (docs/METHOD.md §7).
 
     Strictly greater (ties favour the query); streaming, O(Q + N·d) memory. The positive's score is
     computed in exactly the order of all other scores, so it never counts against itself.

@@ -1,4 +1,4 @@
-"""Retrieval metrics exactly as SPEC §7 (and the reference evaluation code), without a query×gallery matrix.
+"""Retrieval metrics exactly as docs/METHOD.md §7 (and the reference evaluation code), without a query×gallery matrix.
 
 Torch-free: NumPy + the compiled core. Ranks come from ``s4g_engine.positive_ranks`` (streaming, memory
 O(Q + N·d)): ``rank_i = #{r : sim(i, r) > sim(i, g(i))}`` — strictly greater, ties favour the query.
@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Earth radius for metre errors (SPEC §7).
+#: Earth radius for metre errors (docs/METHOD.md §7).
 EARTH_RADIUS_M = 6_371_004.0
 
 
@@ -104,7 +104,7 @@ def metre_errors(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float]
 
 def localisation_errors(query_emb: Any, ref_emb: Any, ref_latlon: Any, true_latlon: Any,
                         thresholds: Sequence[float] = (10, 25, 50)) -> dict[str, float]:
-    """VIGOR metre error (SPEC §7): predicted position = centre of the top-1 retrieved tile (core top-k,
+    """VIGOR metre error (docs/METHOD.md §7): predicted position = centre of the top-1 retrieved tile (core top-k,
     streaming; ties → lower index), compared with each query's true position.
 
     ``ref_latlon`` (N, 2) tile centres, ``true_latlon`` (Q, 2) panorama positions, degrees. See

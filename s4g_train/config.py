@@ -38,7 +38,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 @dataclass
 class AugConfig:
-    """SPEC §5 training augmentation (evaluation uses resize + normalise only)."""
+    """docs/METHOD.md §5 training augmentation (evaluation uses resize + normalise only)."""
 
     flip_p: float = 0.5  # flip BOTH views horizontally
     rotate_p: float = 0.75  # rotate tile by r·90° (r∈{1,2,3}) and roll the panorama by −r·W/4 columns

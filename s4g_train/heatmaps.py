@@ -1,4 +1,4 @@
-"""Activation heatmaps of both views and their polar projection onto the aerial tile (SPEC §9, §10).
+"""Activation heatmaps of both views and their polar projection onto the aerial tile (docs/METHOD.md §9, §10).
 
 Two kinds of map, both from the backbone's last feature map ``A`` of shape ``(C, h, w)``:
 
@@ -116,7 +116,7 @@ def project_panorama(pano_map: np.ndarray, tile_size: int, *, rows: str = "full"
     Returns float64 ``(A, A)``; NaN outside the inscribed circle (where the polar image has no value). See
     the module docstring for the row conventions (``rows`` = ``"full"`` or ``"below-horizon"``).
     """
-    from s4g_engine import inverse_polar  # SPEC §9 inverse, the compiled core
+    from s4g_engine import inverse_polar  # docs/METHOD.md §9 inverse, the compiled core
 
     m = np.asarray(pano_map, dtype=np.float64)
     if m.ndim != 2:

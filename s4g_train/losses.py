@@ -1,4 +1,4 @@
-"""Training losses (SPEC §3): symmetric InfoNCE (the paper's default), one-directional InfoNCE, triplet with
+"""Training losses (docs/METHOD.md §3): symmetric InfoNCE (the paper's default), one-directional InfoNCE, triplet with
 in-batch hardest negatives, soft-margin triplet.
 
 Every loss is ``loss_fn(ground_emb, aerial_emb, scale) -> scalar``: ``ground_emb`` and ``aerial_emb`` are the
@@ -54,7 +54,7 @@ class _PairLoss(nn.Module):
 
 
 class InfoNCE(_PairLoss):
-    """``logits = scale · g @ aᵀ``; ``½·CE(logits, i) + ½·CE(logitsᵀ, i)`` with label smoothing (SPEC §3).
+    """``logits = scale · g @ aᵀ``; ``½·CE(logits, i) + ½·CE(logitsᵀ, i)`` with label smoothing (docs/METHOD.md §3).
 
     ``direction``: ``both`` (symmetric, default), ``street2sat`` (ground queries against aerial references:
     rows of ``logits``) or ``sat2street`` (aerial queries: rows of ``logitsᵀ``).

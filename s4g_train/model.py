@@ -1,5 +1,5 @@
 """The Sample4Geo model: one timm backbone shared by both views, L2-normalised pooled features and a
-learnable temperature (SPEC §2).
+learnable temperature (docs/METHOD.md §2).
 
 The backbone lives under the attribute ``model`` and the temperature under ``logit_scale`` so that our
 ``state_dict`` has exactly the key layout of the reference implementation (``model.*`` + ``logit_scale``):
@@ -33,7 +33,7 @@ class ModelConfig:
     pretrained_file: str | None = None  # local weights file for timm; None = random init (never a hub download)
     ground_size: tuple[int, int] = (384, 768)  # (H, W) of the ground/drone view fed to the network
     aerial_size: tuple[int, int] = (384, 384)  # (H, W) of the aerial view fed to the network
-    polar_aerial: bool = False  # feed the polar-transformed tile (SPEC §9) instead of the raw tile (ablation)
+    polar_aerial: bool = False  # feed the polar-transformed tile (docs/METHOD.md §9) instead of the raw tile (ablation)
     logit_scale_init: float = math.log(1.0 / 0.07)
     drop_path_rate: float = 0.0
 

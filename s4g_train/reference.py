@@ -39,14 +39,14 @@ log = logging.getLogger(__name__)
 
 #: keys under which a wrapping dict may hold the reference state_dict
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-#: the backbone the Sample4Geo authors used for every published checkpoint (SPEC §2)
+#: the backbone the Sample4Geo authors used for every published checkpoint (docs/METHOD.md §2)
 PAPER_BACKBONE = "convnext_base.fb_in22k_ft_in1k_384"
 #: with allow_partial=True, at least this fraction of the parameters (by element count) must be loaded
 MIN_PARTIAL_FRACTION = 0.5
 
 _DP_PREFIX = "module."
 
-#: (ground (H, W), aerial (H, W)) the published checkpoints were trained and evaluated with (SPEC §2)
+#: (ground (H, W), aerial (H, W)) the published checkpoints were trained and evaluated with (docs/METHOD.md §2)
 PAPER_INPUT_SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "cvusa": ((140, 768), (384, 384)),
     "cvact": ((140, 768), (384, 384)),

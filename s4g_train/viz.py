@@ -1,4 +1,4 @@
-"""``s4g-viz``: see what the model sees (supplementary §5, SPEC §9/§10).
+"""``s4g-viz``: see what the model sees (supplementary §5, docs/METHOD.md §9/§10).
 
 Subcommands (each writes files only):
 

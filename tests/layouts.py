@@ -1,4 +1,4 @@
-"""Builders of tiny datasets in the EXACT on-disk layouts of SPEC §6 (CVUSA, CVACT, VIGOR, University-1652).
+"""Builders of tiny datasets in the EXACT on-disk layouts of docs/METHOD.md §6 (CVUSA, CVACT, VIGOR, University-1652).
 
 Reusable by every test: each ``make_*`` writes a complete, healthy folder under ``root`` and returns it.
 Images are small (the nominal sizes divided by ``scale``, same aspect ratio) so the fixtures are fast;

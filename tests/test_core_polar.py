@@ -1,4 +1,4 @@
-"""polar_transform / inverse_polar against plain NumPy float64 references of SPEC §9."""
+"""polar_transform / inverse_polar against plain NumPy float64 references of docs/METHOD.md §9."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from s4g_engine import inverse_polar, polar_transform
 
 
 def polar_ref(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """SPEC §9 written out in float64: (A, A, C) → (h, w, C), bilinear, zero outside."""
+    """docs/METHOD.md §9 written out in float64: (A, A, C) → (h, w, C), bilinear, zero outside."""
     a = img.shape[0]
     x = img.astype(np.float64)
     i = np.arange(h, dtype=np.float64)[:, None]
@@ -31,7 +31,7 @@ def polar_ref(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def inverse_ref(p: np.ndarray, a: int, fill: float) -> np.ndarray:
-    """SPEC §9 inverse in float64: (H, W, C) → (a, a, C)."""
+    """docs/METHOD.md §9 inverse in float64: (H, W, C) → (a, a, C)."""
     h, w, c = p.shape
     row, col = np.meshgrid(np.arange(a, dtype=np.float64), np.arange(a, dtype=np.float64), indexing="ij")
     dr, dc = row - a / 2, a / 2 - col
@@ -84,7 +84,7 @@ def test_polar_batch_float_and_normalisation(rng: np.random.Generator) -> None:
 
 
 def test_polar_quadrant_convention() -> None:
-    """South at column 0, west at W/4, north at W/2, east at 3W/4 (SPEC §9)."""
+    """South at column 0, west at W/4, north at W/2, east at 3W/4 (docs/METHOD.md §9)."""
     a, h, w = 64, 16, 64
     row, col = np.meshgrid(np.arange(a) - a / 2 + 0.5, np.arange(a) - a / 2 + 0.5, indexing="ij")
     img = np.zeros((a, a, 3), np.uint8)
@@ -99,7 +99,7 @@ def test_polar_quadrant_convention() -> None:
 
 
 def test_polar_matches_cv2_remap(rng: np.random.Generator) -> None:
-    """The same convention through cv2.remap (x = column, y = row) — the easy porting error of SPEC §9."""
+    """The same convention through cv2.remap (x = column, y = row) — the easy porting error of docs/METHOD.md §9."""
     cv2 = pytest.importorskip("cv2")
     a, h, w = 96, 32, 128
     yy, xx = np.mgrid[0:a, 0:a].astype(np.float64)

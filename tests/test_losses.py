@@ -1,4 +1,4 @@
-"""Losses (SPEC §3) against plain per-sample Python loops in float64: values and gradients."""
+"""Losses (docs/METHOD.md §3) against plain per-sample Python loops in float64: values and gradients."""
 
 from __future__ import annotations
 

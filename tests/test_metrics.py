@@ -1,4 +1,4 @@
-"""Metrics (SPEC §7) against plain full-matrix NumPy float64 references, with deliberate exact ties."""
+"""Metrics (docs/METHOD.md §7) against plain full-matrix NumPy float64 references, with deliberate exact ties."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Heatmaps and s4g-viz (issue 6): the maps are proper functions of the input, the polar projection follows
-SPEC §9, the PNGs come out at the designed size, bad input fails loudly."""
+docs/METHOD.md §9, the PNGs come out at the designed size, bad input fails loudly."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_gradcam_depends_on_the_pair(tmp_path, model, pair_files):
 
 # ---------------------------------------------------------------------------------------- projection
 def _inverse_polar_ref(polar: np.ndarray, A: int) -> np.ndarray:
-    """SPEC §9 inverse in plain float64 NumPy (bilinear in (i, j), j wraps, rows outside weigh 0)."""
+    """docs/METHOD.md §9 inverse in plain float64 NumPy (bilinear in (i, j), j wraps, rows outside weigh 0)."""
     H, W = polar.shape
     out = np.full((A, A), np.nan)
     for row in range(A):
@@ -345,7 +345,7 @@ def test_cli_pair_with_a_published_format_checkpoint(tmp_path, ckpt, pair_files)
 
 
 def test_polar_aerial_model_maps_are_brought_back_onto_the_tile(tmp_path):
-    """With polar_aerial (SPEC §9 input option), the aerial map lives in polar space; it is inverse-polar
+    """With polar_aerial (docs/METHOD.md §9 input option), the aerial map lives in polar space; it is inverse-polar
     projected onto the raw tile (north up), so it is empty outside the inscribed circle too."""
     torch.manual_seed(3)
     m = S4GModel(ModelConfig(backbone="convnext_atto", ground_size=GROUND, aerial_size=(64, 256),

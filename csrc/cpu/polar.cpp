@@ -1,4 +1,4 @@
-// Polar transform (SPEC §9) and its inverse on the CPU.
+// Polar transform (docs/METHOD.md §9) and its inverse on the CPU.
 //
 // Why not cv2.remap: the engine must not need OpenCV, and fusing the uint8→float conversion and the
 // per-channel normalisation into the gather saves two extra passes over the output. The sampling map

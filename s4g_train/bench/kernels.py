@@ -142,7 +142,7 @@ def set_threads(n: int) -> dict[str, Any]:
 # contenders
 # ---------------------------------------------------------------------------------------------------
 def polar_maps(a: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """cv2-style float maps (map_x = aerial column, map_y = aerial row) of SPEC §9."""
+    """cv2-style float maps (map_x = aerial column, map_y = aerial row) of docs/METHOD.md §9."""
     i = np.arange(h, dtype=np.float64)[:, None]
     j = np.arange(w, dtype=np.float64)[None, :]
     r = (a / 2) * (h - 1 - i) / h

@@ -1,4 +1,4 @@
-// Polar transform maths (SPEC §9, SAFA convention), shared by the CPU and CUDA kernels.
+// Polar transform maths (docs/METHOD.md §9, SAFA convention), shared by the CPU and CUDA kernels.
 //
 // Aerial tile A×A (north up), polar output H×W; output row i, column j samples the aerial image at
 //   r   = (A/2)·(H−1−i)/H            (row 0 = far field, row H−1 = the camera)
@@ -51,7 +51,7 @@ S4G_HD Taps4 bilinear_taps(T row, T col, int64_t rows, int64_t cols) {
   return t;
 }
 
-// Inverse (SPEC §9): aerial pixel (row, col) of an A×A tile → polar coordinates (i, j) in an H×W polar
+// Inverse (docs/METHOD.md §9): aerial pixel (row, col) of an A×A tile → polar coordinates (i, j) in an H×W polar
 // image. Returns false outside the circle r < (A/2)(H−1)/H, where the polar image holds no value.
 template <class T>
 S4G_HD bool polar_inverse(int64_t row, int64_t col, int64_t A, int64_t H, int64_t W, T* i, T* j) {
