@@ -1,4 +1,6 @@
-"""Encoder backends: ONNX Runtime (TensorRT > CUDA > CPU execution providers) and native TensorRT engines.
+"""Encoder backends: ONNX Runtime (TensorRT > CUDA > CPU execution providers) and native TensorRT engines;
+the optional OpenVINO CPU backend and the choice of the CPU runtime by measurement live in
+:mod:`s4g_engine.backends`.
 
 Both take a float32 batch ``(B, 3, H, W)`` (already preprocessed) and return float32 ``(B, D)``
 L2-normalised embeddings (the normalisation is inside the exported graph). Both are safe to call from
@@ -214,16 +216,24 @@ def tensorrt_available() -> bool:
 
 
 def make_encoder(files: Sequence[Path], *, backend: str = "auto", device: str = "auto",
-                 threads: int | None = None) -> Encoder:
+                 threads: int | None = None, precision: str = "fp32") -> Encoder:
     """Pick the encoder for one view. ``files`` = candidate model files of that view (``.onnx``/``.engine``).
 
     ``backend``: ``"auto"`` (a TensorRT engine if one is present and TensorRT imports and the device is not
-    ``"cpu"``, else ONNX Runtime), ``"onnxruntime"`` or ``"tensorrt"``.
+    ``"cpu"``, else ONNX Runtime), ``"onnxruntime"``, ``"tensorrt"`` or ``"openvino"`` (CPU; ``precision``
+    fp32, bf16 or int8 for an int8 graph). The Localiser chooses among the CPU runtimes by measurement
+    (:func:`s4g_engine.backends.runtime.cpu_encoder`).
     """
     engines = [f for f in files if f.suffix in (".engine", ".plan") and f.is_file()]
     onnx_files = [f for f in files if f.suffix == ".onnx" and f.is_file()]
-    if backend not in ("auto", "onnxruntime", "tensorrt"):
-        raise ValueError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
+    if backend not in ("auto", "onnxruntime", "tensorrt", "openvino"):
+        raise ValueError(f"backend must be 'auto', 'onnxruntime', 'openvino' or 'tensorrt', got {backend!r}")
+    if backend == "openvino":
+        from s4g_engine.backends.openvino_encoder import OpenVinoEncoder
+
+        if not onnx_files:
+            raise FileNotFoundError(f"no ONNX model among {[str(f) for f in files]}")
+        return OpenVinoEncoder(onnx_files[0], precision=precision, threads=threads)
     if backend == "tensorrt" or (backend == "auto" and engines and device != "cpu" and tensorrt_available()):
         if not engines:
             raise FileNotFoundError(f"backend='tensorrt' but the bundle has no TensorRT engine among "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -164,19 +165,29 @@ class ViewSpec:
         """uint8 ``stage_size + (3,)`` RGB (after any augmentation) → float32 ``(3, H, W)`` network input."""
         return self.normalise_batch(np.asarray(stage)[None])[0]
 
-    def normalise_batch(self, stages: np.ndarray) -> np.ndarray:
-        """uint8 ``(B,) + stage_size + (3,)`` → float32 ``(B, 3, H, W)``, the whole batch in one pass."""
+    def normalise_batch(self, stages: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``(B,) + stage_size + (3,)`` → float32 ``(B, 3, H, W)``, the whole batch in one pass
+        (into ``out``, a C-contiguous float32 ``(B, 3, H, W)`` array, when given: no extra copy)."""
         s = np.asarray(stages)
         if s.dtype != np.uint8 or s.ndim != 4 or s.shape[1:] != (*self.stage_size, 3):
             raise InputError(f"{self.name} view: expected uint8 images of shape (B, {self.stage_size[0]}, "
                              f"{self.stage_size[1]}, 3) (resized with ViewSpec.load/resize), got {s.dtype} "
                              f"{s.shape}")
+        shape = (s.shape[0], 3, *self.input_size)
+        if out is not None and (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
+            raise InputError(f"{self.name} view: out must be a C-contiguous float32 array of shape {shape}, got "
+                             f"{out.dtype} {out.shape}")
         if self.polar:
             from s4g_engine import polar_transform  # the compiled core (docs/METHOD.md §9)
 
-            out = polar_transform(s, self.input_size[0], self.input_size[1], mean=self._mean32, std=self._std32)
-            return np.ascontiguousarray(np.asarray(out, dtype=np.float32).transpose(0, 3, 1, 2))
-        out = np.empty((s.shape[0], 3, s.shape[1], s.shape[2]), np.float32)
+            res = polar_transform(s, self.input_size[0], self.input_size[1], mean=self._mean32, std=self._std32)
+            res = np.asarray(res, dtype=np.float32).transpose(0, 3, 1, 2)
+            if out is None:
+                return np.ascontiguousarray(res)
+            out[...] = res
+            return out
+        if out is None:
+            out = np.empty(shape, np.float32)
         lut = self._lut
         # One gather per (image, channel) plane into a contiguous output plane: np.take is several times
         # slower when `out` spans planes; mode="clip" skips a bounds check that uint8 indices cannot fail.
@@ -398,7 +409,10 @@ class BatchPipeline:
     """Decodes + preprocesses images on a thread pool, ``prefetch`` batches ahead of the consumer.
 
     ``for batch in pipeline.batches(images, spec, batch_size)`` yields float32 ``(n, 3, H, W)`` arrays in
-    input order. The pool is shared (thread-safe): several callers may iterate concurrently.
+    input order. The pool is shared (thread-safe): several callers may iterate concurrently. Each batch is
+    split into ``threads`` chunks that decode into, and normalise into, their slice of the one batch array.
+    An image that fails raises its error when its batch is consumed, in input order (the first failing
+    image of the batch), exactly as :meth:`batches_inline` would.
     """
 
     def __init__(self, threads: int | None = None, prefetch: int = 2) -> None:
@@ -409,41 +423,66 @@ class BatchPipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _batch(self, images: Sequence[ImageLike], spec: ViewSpec) -> np.ndarray:
+    @staticmethod
+    def _fill(images: Sequence[ImageLike], spec: ViewSpec, out: np.ndarray) -> tuple[float, float]:
+        """Decode + resize ``images`` and normalise them into ``out``; returns (decode, preprocess) seconds."""
+        t0 = time.perf_counter()
         stages = np.empty((len(images), *spec.stage_size, 3), dtype=np.uint8)
         for i, im in enumerate(images):
             stages[i] = spec.load(im)
-        return spec.normalise_batch(stages)
+        t1 = time.perf_counter()
+        spec.normalise_batch(stages, out=out)
+        return t1 - t0, time.perf_counter() - t1
 
-    def batches(self, images: Sequence[ImageLike], spec: ViewSpec, batch_size: int) -> Iterator[np.ndarray]:
+    @staticmethod
+    def _add(stats: dict[str, float] | None, times: Sequence[tuple[float, float]]) -> None:
+        if stats is not None:
+            stats["decode_work_s"] = stats.get("decode_work_s", 0.0) + sum(t[0] for t in times)
+            stats["preprocess_work_s"] = stats.get("preprocess_work_s", 0.0) + sum(t[1] for t in times)
+
+    def batches_inline(self, images: Sequence[ImageLike], spec: ViewSpec, batch_size: int,
+                       stats: dict[str, float] | None = None) -> Iterator[np.ndarray]:
+        """The same batches as :meth:`batches`, prepared on the calling thread when asked for (no overlap)."""
+        bs = max(1, int(batch_size))
+        for s in range(0, len(images), bs):
+            part = images[s:s + bs]
+            out = np.empty((len(part), 3, *spec.input_size), np.float32)
+            self._add(stats, [self._fill(part, spec, out)])
+            yield out
+
+    def batches(self, images: Sequence[ImageLike], spec: ViewSpec, batch_size: int,
+                stats: dict[str, float] | None = None) -> Iterator[np.ndarray]:
         """Yield preprocessed batches of up to ``batch_size`` images, in order.
 
         Each batch is split into ``threads`` chunks processed in parallel; up to ``prefetch`` batches are
-        in flight ahead of the consumer so that the encoder is not starved.
+        in flight ahead of the consumer so that the encoder is not starved. ``stats`` (optional) receives
+        the pool's decode and preprocess seconds (``decode_work_s``, ``preprocess_work_s``).
         """
         n = len(images)
         bs = max(1, int(batch_size))
         starts = list(range(0, n, bs))
         chunk = max(1, -(-bs // self.threads))
 
-        def submit(s: int) -> list[Future[np.ndarray]]:
+        def submit(s: int) -> tuple[np.ndarray, list[Future[tuple[float, float]]]]:
             part = images[s:s + bs]
-            return [self._pool.submit(self._batch, part[c:c + chunk], spec) for c in range(0, len(part), chunk)]
+            out = np.empty((len(part), 3, *spec.input_size), np.float32)
+            return out, [self._pool.submit(self._fill, part[c:c + chunk], spec, out[c:c + chunk])
+                         for c in range(0, len(part), chunk)]
 
-        pending: list[list[Future[np.ndarray]]] = []
+        pending: list[tuple[np.ndarray, list[Future[tuple[float, float]]]]] = []
         nxt = 0
         try:
             while nxt < len(starts) and len(pending) < self.prefetch:
                 pending.append(submit(starts[nxt]))
                 nxt += 1
             while pending:
-                futs = pending.pop(0)
+                out, futs = pending.pop(0)
                 if nxt < len(starts):
                     pending.append(submit(starts[nxt]))
                     nxt += 1
-                parts = [f.result() for f in futs]
-                yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+                self._add(stats, [f.result() for f in futs])
+                yield out
         finally:
-            for futs in pending:
+            for _, futs in pending:
                 for f in futs:
                     f.cancel()

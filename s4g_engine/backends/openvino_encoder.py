@@ -1,0 +1,112 @@
+"""OpenVINO encoder backend (optional: ``pip install 's4g[openvino]'``).
+
+OpenVINO reads the bundle's ONNX graphs directly and has CPU paths that ONNX Runtime's CPU provider lacks:
+bfloat16 inference where the CPU has AVX512_BF16 or AMX (``precision="bf16"`` sets OpenVINO's
+``INFERENCE_PRECISION_HINT``) and int8 for QDQ graphs on VNNI/AMX CPUs. ``precision="fp32"`` pins float32
+explicitly, because OpenVINO defaults to bf16 on CPUs that have it.
+
+OpenVINO is markedly faster on a static input shape, so the encoder compiles the graph once per batch size
+it is called with (lazily; the Localiser calls it with its batch size and, for the last partial batch,
+smaller ones; up to ``max_shapes`` static shapes are kept, a dynamic-batch compilation serves the rest).
+Thread-safe: one infer request per calling thread and compiled shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s4g_engine.errors import DependencyError, InputError
+
+log = logging.getLogger(__name__)
+
+OPENVINO_MISSING = ("the OpenVINO backend needs the openvino package: pip install 's4g[openvino]' "
+                    "(or pip install openvino), or use backend='onnxruntime'")
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ graph's int8 ops, f32 elsewhere
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package imports (and has a CPU device)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _openvino() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise DependencyError(OPENVINO_MISSING) from exc
+    return ov
+
+
+class OpenVinoEncoder:
+    """An OpenVINO CPU compilation of one exported view graph (input ``image``, output ``embedding``)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, precision: str = "fp32", threads: int | None = None,
+                 max_shapes: int = 4) -> None:
+        ov = _openvino()
+        if precision not in PRECISIONS:
+            raise InputError(f"OpenVINO precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.path = Path(path)
+        self.precision = precision
+        self.name = f"openvino:{precision}"
+        self.max_shapes = max(1, int(max_shapes))
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(self.path))
+        inputs = self._model.inputs
+        if len(inputs) != 1:
+            raise InputError(f"{self.path}: expected one input (image), found {[i.get_any_name() for i in inputs]}")
+        self.input_name = inputs[0].get_any_name()
+        shape = inputs[0].get_partial_shape()
+        if shape.rank.get_length() != 4 or not all(d.is_static for d in list(shape)[1:]):
+            raise InputError(f"{self.path}: expected an input (batch, 3, H, W) with fixed C, H, W, got {shape}")
+        self.input_chw = tuple(int(d.get_length()) for d in list(shape)[1:])
+        if not any("embedding" in o.get_names() for o in self._model.outputs):
+            raise InputError(f"{self.path}: expected an output named 'embedding'; re-export with s4g-export")
+        # Threads: as many as ONNX Runtime would use; one stream (one batch at a time, lowest latency);
+        # no pinning, so the decode threads can run beside the encoder without being starved.
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "NUM_STREAMS": 1,
+                                       "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._compiled: dict[int, Any] = {}  # batch size (0 = dynamic) → compiled model
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        log.info("encoder %s on OpenVINO %s (precision %s)", self.path.name, ov.__version__, precision)
+
+    def _compile(self, batch: int) -> Any:
+        key = batch if (batch in self._compiled or len(self._compiled) < self.max_shapes) else 0
+        got = self._compiled.get(key)
+        if got is not None:
+            return got
+        with self._lock:
+            got = self._compiled.get(key)
+            if got is None:
+                model = self._model.clone()
+                model.reshape({self.input_name: [key or -1, *self.input_chw]})
+                got = self._core.compile_model(model, "CPU", self.config)
+                self._compiled[key] = got
+        return got
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != self.input_chw:
+            raise InputError(f"{self.path.name}: expected a float32 batch (B, {', '.join(map(str, self.input_chw))}), "
+                             f"got {x.shape}")
+        compiled = self._compile(int(x.shape[0]))
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        req = requests.get(id(compiled))
+        if req is None:
+            req = requests[id(compiled)] = (compiled.create_infer_request(), compiled.output("embedding"))
+        request, out = req
+        return np.array(request.infer({0: x})[out], dtype=np.float32, copy=True)
