@@ -3,7 +3,10 @@
 These are the raw bindings: they check their arguments only briefly. Use the validating façade
 (``s4g_engine.polar_transform`` etc., see ``s4g_engine/kernels.py``) unless you know the inputs are right.
 Conventions: SAFA polar layout (docs/METHOD.md §9); canonical float32 scores (fused multiply-add, depth
-chunks of 256) identical on every SIMD level and on the GPU; ranking = score desc, index asc; 64-bit indexing.
+chunks of 256) identical on every SIMD level and on the GPU — computed by filter (fastest product) →
+proven margin → canonical refinement (csrc/cpu/search.cpp); ranking = score desc, index asc; 64-bit
+indexing. Underscore functions (``_topk_similarity``, ``_positive_ranks``, ``_search_stats``,
+``_set_search_tuning``) are test-only hooks, not part of the API.
 The stub is complete (tests/test_stubs.py checks it against the built module). The synthetic-world renderer
 is not part of this production core: it is ``s4g_synth._render``.
 """
@@ -15,7 +18,7 @@ import numpy.typing as npt
 
 def build_info() -> dict[str, Any]:
     """{"compiler": str, "openmp": {"version", "threads", "procs"} | None,
-    "simd": {"active": str, "compiled": list[str], "available": str}, "blas": None,
+    "simd": {"active": str, "compiled": list[str], "available": str, "filter": str}, "blas": None,
     "cuda": {"compiled": bool, "archs": list[int]}}"""
 
 def polar_transform(
@@ -58,10 +61,11 @@ def set_num_threads(n: int) -> None:
     """OpenMP threads of the kernels; n <= 0 restores the default (OMP_NUM_THREADS or all cores)."""
 
 def simd_level() -> str:
-    """Search micro-kernel in use: "avx512" | "avx2" | "generic"."""
+    """SIMD level of the search kernels in use: "avx512bf16" | "avx512" | "avx2" | "generic"."""
 
 def available_simd_levels() -> str:
     """Comma-separated levels compiled in and supported by this CPU, best first."""
 
 def set_simd_level(level: str) -> None:
-    """Force "avx512" | "avx2" | "generic" | "auto" (tests, benchmarks); ValueError if unavailable."""
+    """Force "avx512bf16" | "avx512" | "avx2" | "generic" | "auto" (tests, benchmarks; the environment
+    variable S4G_SIMD does the same at start-up); ValueError if unavailable."""

@@ -10,10 +10,14 @@ Conventions
 -----------
 * Polar transform: SAFA convention of docs/METHOD.md §9 — row 0 is the far field, row H−1 the camera; column 0
   faces south, W/4 west, W/2 north, 3W/4 east. Bilinear sampling, zero outside the tile.
-* Scores are exact inner products in float32, every one computed in the same canonical order (fused
+* Scores are exact inner products in float32, every one reported in the same canonical order (fused
   multiply-add per element, depth chunks of 256), on the CPU and on the GPU alike. Ranking order: higher
   score first; ties go to the lower reference index. ``k`` larger than the number of candidates pads
   with index −1 and score −inf (like faiss).
+* How it is fast and still exact: a fast product (bfloat16 ``vdpbf16ps`` on AVX512-BF16 CPUs, packed
+  float32 elsewhere) filters the candidates, a proven error bound decides which ones can still matter,
+  and those are rescored canonically (csrc/cpu/search.cpp). The SIMD level is chosen at run time by
+  CPUID; the environment variable ``S4G_SIMD=avx512bf16|avx512|avx2|generic`` forces one.
 * Memory: top-k and ranks stream over the references in blocks — O(Q·k + one block), never a Q×N matrix.
 * Indexing is 64-bit throughout (10M × 1024 references do not overflow).
 """

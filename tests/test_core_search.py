@@ -1,4 +1,8 @@
-"""topk_similarity / positive_ranks against plain NumPy float64 references, every micro-kernel."""
+"""topk_similarity / positive_ranks against plain NumPy float64 references, every SIMD level.
+
+The ``simd`` fixture also turns off the size heuristic that sends small problems to the canonical scan,
+so these small inputs run through the filter → certificate → canonical refinement (and its fallback).
+Bit-exactness against the canonical kernel and the adversarial cases are in test_core_search_exact.py."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ LEVELS = _core.available_simd_levels().split(",")
 @pytest.fixture(params=LEVELS)
 def simd(request: pytest.FixtureRequest):
     _core.set_simd_level(request.param)
+    _core._set_search_tuning(canonical_ratio=0)  # small inputs too: filter + certificate, not the scan
     yield request.param
+    _core._set_search_tuning(small_batch=3, canonical_ratio=10)
     _core.set_simd_level("auto")
 
 

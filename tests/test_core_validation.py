@@ -83,8 +83,8 @@ def test_build_info() -> None:
     assert info["simd"]["active"] in info["simd"]["compiled"]
     assert info["openmp"] is None or info["openmp"]["threads"] >= 1
     assert {"compiled", "archs", "devices"} <= set(info["cuda"])
-    if info["cuda"]["compiled"]:
-        assert {80, 86, 87, 89, 90} <= set(info["cuda"]["archs"])
+    if info["cuda"]["compiled"]:  # the default list, or what S4G_CUDA_ARCHITECTURES asked for (e.g. 90)
+        assert info["cuda"]["archs"] and all(a >= 50 for a in info["cuda"]["archs"])
 
 
 def test_threads_setting_roundtrip() -> None:

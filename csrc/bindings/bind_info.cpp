@@ -33,13 +33,16 @@ py::dict build_info() {
   d["openmp"] = py::none();
 #endif
   std::vector<std::string> compiled;
-  if (cpu::ukr_avx512()) compiled.push_back("avx512");
-  if (cpu::ukr_avx2()) compiled.push_back("avx2");
+  if (cpu::filter_avx512bf16()) compiled.push_back("avx512bf16");
+  if (cpu::filter_avx512()) compiled.push_back("avx512");
+  if (cpu::filter_avx2()) compiled.push_back("avx2");
   compiled.push_back("generic");
-  d["simd"] = py::dict(py::arg("active") = std::string(cpu::active_ukr().name),
+  const cpu::Filter& f = cpu::active_filter();
+  d["simd"] = py::dict(py::arg("active") = std::string(cpu::active_simd_level()),
                        py::arg("compiled") = compiled,
-                       py::arg("available") = std::string(cpu::available_simd_levels()));
-  // No BLAS: the search kernels use their own blocked micro-kernels (see csrc/cpu/search.cpp).
+                       py::arg("available") = std::string(cpu::available_simd_levels()),
+                       py::arg("filter") = std::string(f.bf16 ? "bf16 (vdpbf16ps)" : "float32"));
+  // No BLAS: the search filters are our own packed kernels (see csrc/cpu/search.cpp for why).
   d["blas"] = py::none();
   std::vector<int> archs;
   std::string a = S4G_CUDA_ARCHS;

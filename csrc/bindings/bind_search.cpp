@@ -1,4 +1,4 @@
-// Bindings: topk_similarity, positive_ranks and helpers (no maths: checks, GIL release, csrc/cpu/search.cpp).
+// Bindings: topk_similarity, positive_ranks and helpers (no maths: checks, GIL release, csrc/cpu/search*.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -43,8 +43,15 @@ int64_t id_columns(const std::optional<IdArray>& ids, int64_t nq, const char* na
   return ids->shape(1);
 }
 
-py::tuple topk_similarity(const py::array& queries, const py::array& refs, int64_t k,
-                          const std::optional<IdArray>& exclude) {
+cpu::SearchMode parse_mode(const std::string& mode) {
+  if (mode == "exact") return cpu::SearchMode::kExact;
+  if (mode == "canonical") return cpu::SearchMode::kCanonical;
+  if (mode == "filter") return cpu::SearchMode::kFilterOnly;
+  throw std::invalid_argument("mode: expected 'exact', 'canonical' or 'filter', got '" + mode + "'");
+}
+
+py::tuple topk_mode(const py::array& queries, const py::array& refs, int64_t k, const std::optional<IdArray>& exclude,
+                    cpu::SearchMode mode) {
   const cpu::SearchInput in = search_input(queries, refs);
   require(k >= 1, "k must be >= 1");
   const int64_t m = id_columns(exclude, in.nq, "exclude");
@@ -55,13 +62,13 @@ py::tuple topk_similarity(const py::array& queries, const py::array& refs, int64
   int64_t* i = idx.mutable_data();
   {
     py::gil_scoped_release release;
-    cpu::topk_similarity(in, k, ex, m, s, i);
+    cpu::topk_similarity(in, k, ex, m, s, i, mode);
   }
   return py::make_tuple(scores, idx);
 }
 
-py::array_t<int64_t> positive_ranks(const py::array& queries, const py::array& refs, const IdArray& positive,
-                                    const std::optional<IdArray>& ignore) {
+py::array_t<int64_t> ranks_mode(const py::array& queries, const py::array& refs, const IdArray& positive,
+                                const std::optional<IdArray>& ignore, cpu::SearchMode mode) {
   const cpu::SearchInput in = search_input(queries, refs);
   require(positive.ndim() == 1 && positive.shape(0) == in.nq,
           "positive: expected shape (Q,) with Q = " + std::to_string(in.nq) + ", got " + shape_str(positive));
@@ -74,9 +81,22 @@ py::array_t<int64_t> positive_ranks(const py::array& queries, const py::array& r
   int64_t* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    cpu::positive_ranks(in, pos, ig, m, o);
+    cpu::positive_ranks(in, pos, ig, m, o, mode);
   }
   return out;
+}
+
+py::dict search_stats() {
+  const cpu::SearchStats st = cpu::last_search_stats();
+  py::dict d;
+  d["path"] = std::string(st.path);
+  d["queries"] = st.queries;
+  d["certified"] = st.certified;
+  d["fallback"] = st.fallback;
+  d["rescored"] = st.rescored;
+  d["band"] = st.band;
+  d["band2"] = st.band2;
+  return d;
 }
 
 int64_t count_nonfinite(const py::array& x) {
@@ -95,20 +115,42 @@ int64_t count_nonfinite(const py::array& x) {
 }  // namespace
 
 void register_search(py::module_& m) {
-  m.def("topk_similarity", &topk_similarity, py::arg("queries"), py::arg("refs"), py::arg("k"),
-        py::arg("exclude") = py::none(),
+  m.def("topk_similarity",
+        [](const py::array& q, const py::array& r, int64_t k, const std::optional<IdArray>& exclude) {
+          return topk_mode(q, r, k, exclude, cpu::SearchMode::kExact);
+        },
+        py::arg("queries"), py::arg("refs"), py::arg("k"), py::arg("exclude") = py::none(),
         "queries (Q, d) float32, refs (N, d) float32|float16 (rows contiguous) → (scores (Q, k) float32, "
         "indices (Q, k) int64). Use s4g_engine.topk_similarity.");
-  m.def("positive_ranks", &positive_ranks, py::arg("queries"), py::arg("refs"), py::arg("positive"),
-        py::arg("ignore") = py::none(), "→ int64 (Q,). Use s4g_engine.positive_ranks.");
+  m.def("positive_ranks",
+        [](const py::array& q, const py::array& r, const IdArray& positive, const std::optional<IdArray>& ignore) {
+          return ranks_mode(q, r, positive, ignore, cpu::SearchMode::kExact);
+        },
+        py::arg("queries"), py::arg("refs"), py::arg("positive"), py::arg("ignore") = py::none(),
+        "→ int64 (Q,). Use s4g_engine.positive_ranks.");
+  // Test-only entry points (underscore: not part of the API): the canonical reference, the raw filter
+  // (NOT exact) and the counters of the last call.
+  m.def("_topk_similarity",
+        [](const py::array& q, const py::array& r, int64_t k, const std::optional<IdArray>& exclude, const std::string& mode) {
+          return topk_mode(q, r, k, exclude, parse_mode(mode));
+        },
+        py::arg("queries"), py::arg("refs"), py::arg("k"), py::arg("exclude") = py::none(), py::arg("mode") = "exact");
+  m.def("_positive_ranks",
+        [](const py::array& q, const py::array& r, const IdArray& positive, const std::optional<IdArray>& ignore,
+           const std::string& mode) { return ranks_mode(q, r, positive, ignore, parse_mode(mode)); },
+        py::arg("queries"), py::arg("refs"), py::arg("positive"), py::arg("ignore") = py::none(), py::arg("mode") = "exact");
+  m.def("_search_stats", &search_stats, "Counters of the last search call (diagnostics).");
+  m.def("_set_search_tuning", &cpu::set_search_tuning, py::arg("small_batch") = -1, py::arg("canonical_ratio") = -1,
+        "Tests: force the small-batch / canonical paths (negative = keep).");
   m.def("count_nonfinite", &count_nonfinite, py::arg("x"), "Number of NaN/Inf values (float32/float16 array).");
   m.def("get_num_threads", &cpu::num_threads, "OpenMP threads used by the kernels.");
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"),
         "Set the OpenMP threads used by the kernels (n <= 0: default).");
-  m.def("simd_level", []() { return std::string(cpu::active_ukr().name); }, "Micro-kernel in use.");
+  m.def("simd_level", []() { return std::string(cpu::active_simd_level()); }, "SIMD level of the search kernels in use.");
   m.def("available_simd_levels", []() { return std::string(cpu::available_simd_levels()); });
   m.def("set_simd_level", [](const std::string& s) { cpu::set_simd_level(s.c_str()); }, py::arg("level"),
-        "Force the search micro-kernel: 'avx512' | 'avx2' | 'generic' | 'auto' (testing/benchmarks).");
+        "Force the search kernels: 'avx512bf16' | 'avx512' | 'avx2' | 'generic' | 'auto' (tests, benchmarks; "
+        "the environment variable S4G_SIMD does the same at start-up).");
 }
 
 }  // namespace s4g::bind

@@ -1,301 +1,315 @@
-// Exact inner-product top-k and positive ranks on the CPU, in O(Q·k + one block) memory.
+// Exact inner-product top-k and positive ranks on the CPU: filter, prove the margin, refine canonically.
 //
-// Why hand-written rather than BLAS + a selection: a BLAS GEMM needs a Q×N (or Q×block) score matrix in
-// memory and its summation order is unspecified (and changes with the library/thread count), while
-// positive_ranks needs the positive's score computed in *exactly* the order the other scores were, and
-// the tie rule (lower index wins) needs bit-exact equal scores for equal rows. The blocked kernel below
-// keeps every score in the canonical order of search_math.h (fused multiply-add per element, depth
-// chunks of 256), so scores are reproducible and identical to the CUDA kernel's. Speed: a register-blocked
-// micro-kernel (AVX-512 12×32 / AVX2 6×16 / portable 4×16, chosen at run time) reaches GEMM-like
-// throughput because the reference rows are broadcast straight from memory (no packing or copy of the
-// N×d reference matrix) while a block of ≤ 512 queries, packed once per thread, is the vector operand.
-// The scores of one micro-panel (mr refs × the query block) are consumed at once: a vectorised
-// "anything above the current k-th?" test, then heap updates for the rare candidates.
+// The contract (unchanged): every reported score is the canonical float32 score of search_math.h
+// (bit-identical on every SIMD level and on the GPU), ranking = score desc, index asc, and a positive
+// never counts against itself. Computing *every* score canonically is slow (one fused multiply-add per
+// element in a fixed order), so:
 //
-// Parallelism: query blocks × reference ranges. With few queries (serving: Q = 1) the reference range is
-// split across threads and the per-split top-k lists are merged at the end.
+// 1. Filter. The fastest product the CPU has scores all pairs in any order: vdpbf16ps on bfloat16-rounded
+//    inputs where AVX512-BF16 exists (≈ 2× the float32 FMA rate), else a BLIS-style packed float32
+//    kernel (cpu_gemm.h). A block of queries is packed once (≤ 2 MB, L2/L3); reference micro-panels are
+//    packed as the scan reaches them (each thread owns a reference range) — never a Q×N score matrix and
+//    never a converted copy of the N×d references. Small batches (Q ≤ 2, serving) use a float32 dot
+//    product per pair instead: no packing, memory-bound, both cores.
+//    Why not a BLAS sgemm: it needs a Q×block score buffer and its summation order is unknown (the
+//    bound below needs the depth), it would be a run-time dependency of the wheel, and on AVX512-BF16
+//    machines it is half as fast as vdpbf16ps; the float32 path is a BLIS-style kernel of our own.
+// 2. Margin. s4g/search_bound.h proves |ŝ − s| ≤ ε(q, r) = P_q·‖r‖ + R_q·‖r − r̂‖ + H (per query
+//    coefficients, per reference-panel norms measured while packing).
+// 3. Refine.
+//    top-k: keep the approximate top-(k+m) per query and reference range (heaps on (ŝ, index)); then
+//    rescore the candidates canonically in ŝ order into an exact top-k heap, and stop as soon as the
+//    next candidate cannot reach it: ŝ_next + ε < s_k (strict; every candidate not yet rescored and every
+//    reference outside the heaps has ŝ ≤ ŝ_next, so s ≤ ŝ + ε < s_k and it ranks after the k-th even on
+//    a tie of indices). If all candidates are rescored, the references that never made a heap (ŝ ≤ t,
+//    t = the worst kept ŝ of a full heap) are excluded by t + ε < s_k. A query whose certificate fails
+//    (more than m references within 2ε of its k-th score: duplicates, ties) is re-scanned canonically.
+//    positive_ranks: s_pos canonical; ŝ > s_pos + ε counts, ŝ < s_pos − ε does not; only the band in
+//    between is decided again, first by a float32 dot product with its own (≈ 100× smaller) margin,
+//    then canonically.
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
-#include <cstdlib>
 #include <cstring>
+#include <atomic>
+#include <cmath>
 #include <limits>
-#include <memory>
 #include <vector>
 
 #include "s4g/cpu_gemm.h"
 #include "s4g/kernels.h"
+#include "s4g/search_bound.h"
+#include "s4g/search_cpu.h"
 #include "s4g/search_math.h"
 
 namespace s4g::cpu {
+
+using detail::Aligned;
+using detail::canon_row;
+using detail::ceil_div;
+using detail::make_query_block;
+using detail::make_split;
+using detail::qrow;
+using detail::QueryBlock;
+using detail::scan_range;
+using detail::Split;
+
 namespace {
 
-constexpr int64_t kMaxBlockQueries = 512;
-constexpr int64_t kMinRefsPerSplit = 2048;
+constexpr int64_t kExtraMin = 32;                // m ≥ 32 extra candidates (and ≥ k/2)
+constexpr int64_t kQueryBlockBytes = int64_t(2) << 20;  // packed query block
+constexpr int64_t kHeapBytes = int64_t(64) << 20;       // approximate heaps of one query block
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Tuning knobs (tests force the paths on small inputs through set_search_tuning).
+std::atomic<int64_t> g_small_batch{3};     // Q below this: float32 dot filter, no packing (memory-bound)
+std::atomic<int64_t> g_canonical_ratio{10};  // (k + m)·ratio ≥ N: canonical scan (rescoring would cost more)
 
-// 64-byte aligned float buffer.
-struct AlignedBuf {
-  std::unique_ptr<float[]> raw;
-  float* p = nullptr;
-  void resize(int64_t n) {
-    raw.reset(new float[n + 16]);
-    p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t(63));
+SearchStats g_stats;  // counters of the last call (diagnostics; concurrent calls may mix them)
+
+// ---- top-k ------------------------------------------------------------------------------------------
+// Approximate heaps (ŝ, index) per reference range × query of a block.
+struct Heaps {
+  int64_t nq = 0, cap = 0;
+  std::vector<float> s;
+  std::vector<int64_t> i, size;
+  void reset(int64_t ranges, int64_t nq_, int64_t cap_) {
+    nq = nq_;
+    cap = cap_;
+    s.resize(ranges * nq * cap);
+    i.resize(ranges * nq * cap);
+    size.assign(ranges * nq, 0);
+  }
+  TopkHeap view(int64_t r, int64_t j) {
+    const int64_t h = r * nq + j;
+    return TopkHeap{s.data() + h * cap, i.data() + h * cap, size[h], cap};
   }
 };
 
-struct Plan {
-  int64_t mc = 0;      // queries per block (multiple of nr)
-  int64_t blocks = 0;  // query blocks
-  int64_t splits = 1;  // reference ranges per block
+struct Excl {
+  std::vector<int64_t> ids, cnt;
+  int64_t m = 0;
+  bool has(int64_t q, int64_t id) const { return m > 0 && sorted_contains(ids.data() + q * m, cnt[q], id); }
 };
 
-Plan make_plan(int64_t nq, int64_t n, int64_t nr, int threads) {
-  Plan p;
-  if (nq == 0) return p;
-  const int64_t panels = ceil_div(nq, nr);
-  const int64_t max_panels = std::max<int64_t>(1, kMaxBlockQueries / nr);
-  int64_t blocks = std::max(ceil_div(panels, max_panels), std::min<int64_t>(threads, panels));
-  const int64_t per = ceil_div(panels, blocks);
-  p.blocks = ceil_div(panels, per);
-  p.mc = per * nr;
-  if (p.blocks < threads) {
-    p.splits = std::min(ceil_div(threads, p.blocks), std::max<int64_t>(1, n / kMinRefsPerSplit));
+// Offer the scores row[0..rows) (references n0..) of block query j to heap h.
+inline void offer(TopkHeap& h, const float* row, int rows, int64_t n0, const Excl& ex, int64_t q) {
+  float thr = h.threshold();
+  bool any = false;
+  for (int i = 0; i < rows; ++i) any |= row[i] > thr;
+  if (!any) return;
+  for (int i = 0; i < rows; ++i) {
+    if (!(row[i] > thr) || ex.has(q, n0 + i)) continue;
+    h.push(row[i], n0 + i);
+    thr = h.threshold();
   }
-  return p;
 }
 
-// Runs the micro-kernel over queries [q0, q0+mc) × references [nb, ne) and hands each micro-panel of
-// scores to consume(n0, rows, C, ldc): C[i*ldc + j] = score(query q0+j, reference n0+i), j < mcpad.
-template <class Consume>
-void scan_block(const Ukr& u, const SearchInput& in, int64_t q0, int64_t mc, int64_t nb, int64_t ne,
-                Consume&& consume) {
-  const int64_t nr = u.nr, mr = u.mr, d = in.d;
-  const int64_t mcpad = ceil_div(mc, nr) * nr;
-  const int64_t panels = mcpad / nr;
-  const int64_t chunks = ceil_div(d, kDotChunk);
-  AlignedBuf ap, cbuf, conv;
-  ap.resize(chunks * kDotChunk * mcpad);
-  cbuf.resize(mr * mcpad);
-  // Pack the query block: chunk c, panel p, depth k, lane j → ap[c*KC*mcpad + p*kc*nr + k*nr + j].
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t k0 = c * kDotChunk, kc = std::min(kDotChunk, d - k0);
-    float* base = ap.p + c * kDotChunk * mcpad;
-    for (int64_t p = 0; p < panels; ++p) {
-      float* panel = base + p * kc * nr;
-      for (int64_t j = 0; j < nr; ++j) {
-        const int64_t q = q0 + p * nr + j;
-        if (q < q0 + mc) {
-          const float* src = in.q + q * in.ldq + k0;
-          for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = src[k];
-        } else {
-          for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = 0.0f;
-        }
+struct TopkJob {
+  const Filter& F;
+  const SearchInput& in;
+  int64_t k;
+  const Excl& ex;
+  SearchMode mode;
+  float* out_s;
+  int64_t* out_i;
+};
+
+// Certify and refine one query (see the file note). Returns false when the certificate fails.
+bool refine(const TopkJob& job, const Heaps& H, int64_t ranges, int64_t j, int64_t q, double eps, int64_t* rescored) {
+  std::vector<std::pair<float, int64_t>> cand;
+  bool complete = true;
+  double t_out = -INFINITY;
+  for (int64_t r = 0; r < ranges; ++r) {
+    const int64_t h = r * H.nq + j, sz = H.size[h];
+    if (sz == H.cap) {
+      complete = false;
+      t_out = std::max(t_out, double(H.s[h * H.cap]));  // the heap's root: its worst kept ŝ
+    }
+    for (int64_t t = 0; t < sz; ++t) cand.emplace_back(H.s[h * H.cap + t], H.i[h * H.cap + t]);
+  }
+  std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return ranks_before(a.first, a.second, b.first, b.second); });
+  const int64_t k = job.k, kk = std::min(k, job.in.n);
+  float* os = job.out_s + q * k;
+  int64_t* oi = job.out_i + q * k;
+  if (job.mode == SearchMode::kFilterOnly) {
+    const int64_t take = std::min<int64_t>(k, (int64_t)cand.size());
+    for (int64_t t = 0; t < k; ++t) { os[t] = t < take ? cand[t].first : -INFINITY; oi[t] = t < take ? cand[t].second : -1; }
+    return true;
+  }
+  TopkHeap E{os, oi, 0, kk};
+  size_t c = 0;
+  bool certified = false;
+  float sc[detail::kCanonBatch];
+  int64_t ids[detail::kCanonBatch];
+  while (c < cand.size()) {
+    if (E.size == kk && kk > 0 && bound::add_up(cand[c].first, eps) < double(E.s[0])) { certified = true; break; }
+    const int n = int(std::min<size_t>(detail::kCanonBatch, cand.size() - c));
+    for (int t = 0; t < n; ++t) ids[t] = cand[c + t].second;
+    canon_row(job.F, job.in, q, ids, n, sc);
+    for (int t = 0; t < n; ++t) E.push(sc[t], ids[t]);
+    c += n;
+    *rescored += n;
+  }
+  if (!certified) certified = complete || (E.size == kk && kk > 0 && bound::add_up(t_out, eps) < double(E.s[0]));
+  if (!certified) return false;
+  E.sort_and_pad();
+  for (int64_t t = kk; t < k; ++t) { os[t] = -INFINITY; oi[t] = -1; }
+  return true;
+}
+
+// Certify/refine the block's queries; failing ones are appended to `failed` (global ids).
+void refine_block(const TopkJob& job, const QueryBlock& b, const Heaps& H, int64_t ranges, double rn, double er,
+                  bool dot_path, std::vector<int64_t>& failed) {
+  int64_t rescored = 0, certified = 0;
+  std::vector<int64_t> fail_local;
+#pragma omp parallel reduction(+ : rescored, certified)
+  {
+    std::vector<int64_t> mine;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t j = 0; j < b.nq; ++j) {
+      const double eps = dot_path ? bound::epsilon(b.c2[j], rn, 0.0) : bound::epsilon(b.c1[j], rn, er);
+      if (refine(job, H, ranges, j, b.q0 + j, eps, &rescored)) ++certified;
+      else mine.push_back(b.q0 + j);
+    }
+#pragma omp critical
+    fail_local.insert(fail_local.end(), mine.begin(), mine.end());
+  }
+  failed.insert(failed.end(), fail_local.begin(), fail_local.end());
+  g_stats.rescored += rescored;
+  g_stats.certified += certified;
+}
+
+// Maxima of the reference norm bounds over a scan (per work item, combined at the end).
+struct NormMax {
+  double rn = 0, er = 0;
+  void add(double a, double b) { rn = std::max(rn, a); er = std::max(er, b); }
+};
+
+void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, Heaps& H, NormMax& nm) {
+  const Filter& F = job.F;
+  std::vector<NormMax> part(sp.ranges * sp.groups);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t item = 0; item < sp.ranges * sp.groups; ++item) {
+    const int64_t r = item % sp.ranges, g = item / sp.ranges;
+    NormMax& mine = part[item];
+    scan_range(F, job.in, b, sp.group_begin(g, b.panels), sp.group_begin(g + 1, b.panels),
+               sp.range_begin(r, job.in.n), sp.range_begin(r + 1, job.in.n),
+               [&](int64_t p, int nq, int64_t n0, int rows, const float* C, double rn, double er) {
+                 mine.add(rn, er);
+                 for (int j = 0; j < nq; ++j) {
+                   const int64_t bj = p * F.mq + j;
+                   TopkHeap h = H.view(r, bj);
+                   offer(h, C + j * F.nr, rows, n0, job.ex, b.q0 + bj);
+                   H.size[r * H.nq + bj] = h.size;
+                 }
+               });
+  }
+  for (const auto& m : part) nm.add(m.rn, m.er);
+}
+
+// Small batches: ŝ = float32 dot product per pair, no packing; also Σ r² per reference for the margin.
+void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Heaps& H, NormMax& nm) {
+  const Filter& F = job.F;
+  const SearchInput& in = job.in;
+  const int64_t depth = F.dot_depth(in.d);
+  std::vector<NormMax> part(sp.ranges);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t r = 0; r < sp.ranges; ++r) {
+    std::vector<TopkHeap> heaps;
+    for (int64_t j = 0; j < b.nq; ++j) heaps.push_back(H.view(r, j));
+    float msq = 0;
+    for (int64_t n = sp.range_begin(r, in.n); n < sp.range_begin(r + 1, in.n); ++n) {
+      const float* rf = static_cast<const float*>(in.r) + n * in.ldr;
+      const uint16_t* rh = static_cast<const uint16_t*>(in.r) + n * in.ldr;
+      const float sq = in.r_half ? F.sumsq_f16(rh, in.d) : F.sumsq_f32(rf, in.d);
+      msq = std::isnan(sq) ? INFINITY : std::max(msq, sq);
+      for (int64_t j = 0; j < b.nq; ++j) {
+        const float* q = qrow(in, b.q0 + j);
+        const float s = in.r_half ? F.dot_f16(q, rh, in.d) : F.dot_f32(q, rf, in.d);
+        offer(heaps[j], &s, 1, n, job.ex, b.q0 + j);
       }
     }
+    for (int64_t j = 0; j < b.nq; ++j) H.size[r * H.nq + j] = heaps[j].size;
+    part[r].add(bound::sumsq_norm_bound(msq, depth, in.d), 0.0);
   }
-  if (in.r_half) conv.resize(mr * d);
-  for (int64_t n0 = nb; n0 < ne; n0 += mr) {
-    const int rows = (int)std::min<int64_t>(mr, ne - n0);
-    const float* R;
-    int64_t ldr;
-    if (in.r_half) {
-      const uint16_t* rh = static_cast<const uint16_t*>(in.r);
-      for (int i = 0; i < rows; ++i) u.half_to_float(rh + (n0 + i) * in.ldr, conv.p + i * d, d);
-      R = conv.p;
-      ldr = d;
-    } else {
-      R = static_cast<const float*>(in.r) + n0 * in.ldr;
-      ldr = in.ldr;
-    }
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t k0 = c * kDotChunk, kc = std::min(kDotChunk, d - k0);
-      const float* base = ap.p + c * kDotChunk * mcpad;
-      for (int64_t p = 0; p < panels; ++p)
-        u.run(rows, kc, base + p * kc * nr, R + k0, ldr, cbuf.p + p * nr, mcpad, c > 0);
-    }
-    consume(n0, rows, static_cast<const float*>(cbuf.p), mcpad);
-  }
+  for (const auto& m : part) nm.add(m.rn, m.er);
 }
 
-// Sorted valid ids of each row of an nq × m id matrix (−1 = padding); duplicates kept (harmless).
-void sorted_rows(const int64_t* ids, int64_t nq, int64_t m, std::vector<int64_t>& out, std::vector<int64_t>& cnt,
-                 const int64_t* drop = nullptr) {
-  out.assign(nq * m, 0);
-  cnt.assign(nq, 0);
-  for (int64_t q = 0; q < nq; ++q) {
-    int64_t c = 0;
-    for (int64_t t = 0; t < m; ++t) {
-      const int64_t id = ids[q * m + t];
-      if (id < 0 || (drop && id == drop[q])) continue;
-      out[q * m + c++] = id;
-    }
-    std::sort(out.begin() + q * m, out.begin() + q * m + c);
-    c = std::unique(out.begin() + q * m, out.begin() + q * m + c) - (out.begin() + q * m);
-    cnt[q] = c;
+void topk_filtered(const TopkJob& job, bool dot_path) {
+  const Filter& F = job.F;
+  const SearchInput& in = job.in;
+  const int threads = omp_get_max_threads();
+  const int64_t cap = std::min(job.k + std::max(kExtraMin, job.k / 2), in.n + 1);
+  const int64_t kp = F.packed_depth(in.d);
+  int64_t block = dot_path ? in.nq : std::max<int64_t>(F.mq, kQueryBlockBytes / (kp * 4) / F.mq * F.mq);
+  block = std::max<int64_t>(F.mq, std::min(block, kHeapBytes / (threads * cap * 12) / F.mq * F.mq));
+  std::vector<int64_t> failed;
+  QueryBlock b;
+  Heaps H;
+  for (int64_t q0 = 0; q0 < in.nq; q0 += block) {
+    make_query_block(F, in, q0, std::min(block, in.nq - q0), !dot_path, b);
+    const Split sp = dot_path ? Split{std::max<int64_t>(1, std::min<int64_t>(threads, in.n / 1024)), 1}
+                              : make_split(in.n, F.nr, b.panels, threads);
+    H.reset(sp.ranges, b.nq, cap);
+    NormMax nm;
+    if (dot_path) scan_topk_dot(job, b, sp, H, nm);
+    else scan_topk_packed(job, b, sp, H, nm);
+    refine_block(job, b, H, sp.ranges, nm.rn, nm.er, dot_path, failed);
   }
-}
-
-float pair_score(const SearchInput& in, int64_t q, int64_t r) {
-  const float* qp = in.q + q * in.ldq;
-  if (in.r_half) return dot_canonical(qp, static_cast<const uint16_t*>(in.r) + r * in.ldr, in.d);
-  return dot_canonical(qp, static_cast<const float*>(in.r) + r * in.ldr, in.d);
+  g_stats.fallback = (int64_t)failed.size();
+  if (failed.empty()) return;
+  // Canonical re-scan of the queries whose certificate failed (gathered into one small problem).
+  std::sort(failed.begin(), failed.end());
+  const int64_t f = (int64_t)failed.size(), d = in.d, k = job.k;
+  std::vector<float> qs(f * d), os(f * k);
+  std::vector<int64_t> oi(f * k), ex(job.ex.m > 0 ? f * job.ex.m : 0, -1);
+  for (int64_t t = 0; t < f; ++t) {
+    std::copy(qrow(in, failed[t]), qrow(in, failed[t]) + d, qs.begin() + t * d);
+    for (int64_t e = 0; job.ex.m > 0 && e < job.ex.cnt[failed[t]]; ++e)
+      ex[t * job.ex.m + e] = job.ex.ids[failed[t] * job.ex.m + e];
+  }
+  SearchInput sub = in;
+  sub.q = qs.data();
+  sub.nq = f;
+  sub.ldq = d;
+  detail::topk_canonical(sub, k, ex.empty() ? nullptr : ex.data(), job.ex.m, os.data(), oi.data());
+  for (int64_t t = 0; t < f; ++t) {
+    std::copy(os.begin() + t * k, os.begin() + (t + 1) * k, job.out_s + failed[t] * k);
+    std::copy(oi.begin() + t * k, oi.begin() + (t + 1) * k, job.out_i + failed[t] * k);
+  }
 }
 
 }  // namespace
 
-int num_threads() { return omp_get_max_threads(); }
+namespace detail {
+SearchStats& stats() { return g_stats; }
+}  // namespace detail
 
-void set_num_threads(int n) {
-  if (n <= 0) {
-    n = omp_get_num_procs();
-    if (const char* env = std::getenv("OMP_NUM_THREADS")) n = std::max(1, std::atoi(env));
-  }
-  omp_set_num_threads(n);
+SearchStats last_search_stats() { return g_stats; }
+
+void set_search_tuning(int64_t small_batch, int64_t canonical_ratio) {
+  if (small_batch >= 0) g_small_batch = small_batch;
+  if (canonical_ratio >= 0) g_canonical_ratio = canonical_ratio;
 }
 
 void topk_similarity(const SearchInput& in, int64_t k, const int64_t* exclude, int64_t m, float* out_s,
-                     int64_t* out_i) {
-  const Ukr& u = active_ukr();
-  const int threads = omp_get_max_threads();
-  const int64_t kk = std::min(k, in.n);  // heap capacity: there are only n candidates
-  std::vector<int64_t> ex, exn;
-  if (m > 0) sorted_rows(exclude, in.nq, m, ex, exn);
-  const Plan plan = make_plan(in.nq, in.n, u.nr, threads);
-  const int64_t S = plan.splits;
-  // S == 1: heaps live in the output rows. S > 1: per-split lists, merged below.
-  std::vector<float> part_s(S > 1 ? S * in.nq * kk : 0);
-  std::vector<int64_t> part_i(S > 1 ? S * in.nq * kk : 0), part_n(S > 1 ? S * in.nq : 0);
-
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t item = 0; item < plan.blocks * S; ++item) {
-    const int64_t b = item / S, s = item % S;
-    const int64_t q0 = b * plan.mc, mc = std::min(plan.mc, in.nq - q0);
-    const int64_t nb = in.n * s / S, ne = in.n * (s + 1) / S;
-    const int64_t mcpad = ceil_div(mc, u.nr) * u.nr;
-    std::vector<TopkHeap> heaps(mc);
-    std::vector<float> thr(mcpad, INFINITY);  // padded lanes never pass
-    for (int64_t j = 0; j < mc; ++j) {
-      const int64_t q = q0 + j;
-      if (S == 1) heaps[j] = TopkHeap{out_s + q * k, out_i + q * k, 0, kk};
-      else heaps[j] = TopkHeap{part_s.data() + (s * in.nq + q) * kk, part_i.data() + (s * in.nq + q) * kk, 0, kk};
-      thr[j] = heaps[j].threshold();
-    }
-    scan_block(u, in, q0, mc, nb, ne, [&](int64_t n0, int rows, const float* C, int64_t ldc) {
-      for (int i = 0; i < rows; ++i) {
-        const float* row = C + i * ldc;
-        int any = 0;
-        for (int64_t j = 0; j < mcpad; ++j) any |= row[j] > thr[j];
-        if (!any) continue;
-        const int64_t n = n0 + i;
-        for (int64_t j = 0; j < mc; ++j) {
-          if (!(row[j] > thr[j])) continue;
-          const int64_t q = q0 + j;
-          if (m > 0 && sorted_contains(ex.data() + q * m, exn[q], n)) continue;
-          heaps[j].push(row[j], n);
-          thr[j] = heaps[j].threshold();
-        }
-      }
-    });
-    for (int64_t j = 0; j < mc; ++j) {
-      if (S == 1) {
-        heaps[j].sort_and_pad();
-        for (int64_t t = kk; t < k; ++t) { out_s[(q0 + j) * k + t] = -INFINITY; out_i[(q0 + j) * k + t] = -1; }
-      } else {
-        part_n[s * in.nq + q0 + j] = heaps[j].size;
-      }
-    }
+                     int64_t* out_i, SearchMode mode) {
+  g_stats = SearchStats{};
+  g_stats.queries = in.nq;
+  const int64_t extra = std::max(kExtraMin, k / 2);
+  if (mode == SearchMode::kCanonical || in.n == 0 || (mode == SearchMode::kExact && (k + extra) * g_canonical_ratio >= in.n)) {
+    g_stats.path = "canonical";
+    detail::topk_canonical(in, k, exclude, m, out_s, out_i);
+    return;
   }
-  if (S == 1) return;
-  // Merge the per-split lists of each query (ranking order: score desc, index asc).
-#pragma omp parallel for schedule(static)
-  for (int64_t q = 0; q < in.nq; ++q) {
-    std::vector<std::pair<float, int64_t>> cand;
-    cand.reserve(S * kk);
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t t = 0; t < part_n[s * in.nq + q]; ++t)
-        cand.emplace_back(part_s[(s * in.nq + q) * kk + t], part_i[(s * in.nq + q) * kk + t]);
-    const int64_t take = std::min<int64_t>(k, (int64_t)cand.size());
-    auto before = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-      return ranks_before(a.first, a.second, b.first, b.second);
-    };
-    std::partial_sort(cand.begin(), cand.begin() + take, cand.end(), before);
-    for (int64_t t = 0; t < k; ++t) {
-      out_s[q * k + t] = t < take ? cand[t].first : -INFINITY;
-      out_i[q * k + t] = t < take ? cand[t].second : -1;
-    }
-  }
-}
-
-void positive_ranks(const SearchInput& in, const int64_t* positive, const int64_t* ignore, int64_t m,
-                    int64_t* out) {
-  const Ukr& u = active_ukr();
-  const int threads = omp_get_max_threads();
-  std::vector<float> pos(in.nq);
-#pragma omp parallel for schedule(static)
-  for (int64_t q = 0; q < in.nq; ++q) pos[q] = pair_score(in, q, positive[q]);
-  const Plan plan = make_plan(in.nq, in.n, u.nr, threads);
-  const int64_t S = plan.splits;
-  std::vector<int64_t> part(S * in.nq, 0);
-
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t item = 0; item < plan.blocks * S; ++item) {
-    const int64_t b = item / S, s = item % S;
-    const int64_t q0 = b * plan.mc, mc = std::min(plan.mc, in.nq - q0);
-    const int64_t nb = in.n * s / S, ne = in.n * (s + 1) / S;
-    const int64_t mcpad = ceil_div(mc, u.nr) * u.nr;
-    std::vector<float> thr(mcpad, INFINITY);
-    std::vector<int64_t> cnt(mcpad, 0);
-    for (int64_t j = 0; j < mc; ++j) thr[j] = pos[q0 + j];
-    scan_block(u, in, q0, mc, nb, ne, [&](int64_t, int rows, const float* C, int64_t ldc) {
-      for (int i = 0; i < rows; ++i) {
-        const float* row = C + i * ldc;
-        for (int64_t j = 0; j < mcpad; ++j) cnt[j] += row[j] > thr[j];
-      }
-    });
-    for (int64_t j = 0; j < mc; ++j) part[s * in.nq + q0 + j] = cnt[j];
-  }
-  std::vector<int64_t> ig, ign;
-  if (m > 0) sorted_rows(ignore, in.nq, m, ig, ign, positive);
-#pragma omp parallel for schedule(static)
-  for (int64_t q = 0; q < in.nq; ++q) {
-    int64_t c = 0;
-    for (int64_t s = 0; s < S; ++s) c += part[s * in.nq + q];
-    // Ignored ids that were counted (their canonical score is bit-identical to the blocked one).
-    for (int64_t t = 0; m > 0 && t < ign[q]; ++t)
-      if (pair_score(in, q, ig[q * m + t]) > pos[q]) --c;
-    out[q] = c;
-  }
-}
-
-int64_t count_nonfinite_f32(const float* x, int64_t rows, int64_t cols, int64_t ld) {
-  int64_t bad = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* p = x + r * ld;
-    int64_t b = 0;
-    for (int64_t c = 0; c < cols; ++c) {  // bit test (vectorises; isfinite() may not)
-      uint32_t u;
-      std::memcpy(&u, p + c, 4);
-      b += (u & 0x7f800000u) == 0x7f800000u;
-    }
-    bad += b;
-  }
-  return bad;
-}
-
-int64_t count_nonfinite_f16(const uint16_t* x, int64_t rows, int64_t cols, int64_t ld) {
-  int64_t bad = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad)
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* p = x + r * ld;
-    int64_t b = 0;
-    for (int64_t c = 0; c < cols; ++c) b += (p[c] & 0x7c00u) == 0x7c00u;
-    bad += b;
-  }
-  return bad;
+  if (in.nq == 0) return;
+  Excl ex;
+  ex.m = m;
+  if (m > 0) detail::sorted_rows(exclude, in.nq, m, ex.ids, ex.cnt);
+  const Filter& F = active_filter();
+  const bool dot_path = in.nq < g_small_batch;
+  g_stats.path = dot_path ? "dot" : "filter";
+  topk_filtered(TopkJob{F, in, k, ex, mode, out_s, out_i}, dot_path);
 }
 
 }  // namespace s4g::cpu
