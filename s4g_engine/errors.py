@@ -19,6 +19,8 @@ __all__ = [
     "LimitError",
     "DependencyError",
     "StateError",
+    "NotAFileError",
+    "FileAccessError",
 ]
 
 
@@ -56,3 +58,12 @@ class DependencyError(S4GError, ImportError):
 
 class StateError(S4GError, RuntimeError):
     """The object is not in a state that allows the call (e.g. used after ``close()``)."""
+
+
+class NotAFileError(InputError, IsADirectoryError):
+    """A path names a folder where a file is expected (an image, an index, an output file)."""
+
+
+class FileAccessError(S4GError, PermissionError):
+    """A file or folder exists but this process may not read or write it (permissions, read-only disk)."""
+

@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_with", "fsync_dir"]
+from s4g_engine.errors import FileAccessError, NotAFileError
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_with", "fsync_dir",
+           "check_writable"]
 
 
 def _umask() -> int:
@@ -67,7 +70,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(f"cannot write {str(p)!r}: it is a folder; give a file name inside it")
+        raise NotAFileError(f"cannot write {str(p)!r}: it is a folder; expected a file name (e.g. one inside it)")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
@@ -110,3 +113,21 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]],
     """
     with atomic_open(path, "wb", durable=durable) as f:
         write(f)
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output file") -> Path:
+    """Fail early, before expensive work, if ``path`` cannot become a file: it is a folder, a parent is a
+    file, or the nearest existing parent folder is not writable. Creates nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise NotAFileError(f"{what} {str(p)!r} is a folder; expected a file name (e.g. {str(p / 'out')!r})")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotAFileError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a folder; expected a path inside "
+                            "a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FileAccessError(f"{what} {str(p)!r}: the folder {str(parent)!r} is not writable by this user; "
+                              "choose another location or fix its permissions")
+    return p

@@ -10,10 +10,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from s4g_engine.errors import DependencyError, InputError
+from s4g_engine.fileio import atomic_write_with
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +84,9 @@ def utm_to_latlon(easting: np.ndarray, northing: np.ndarray, *, zone: int = 55,
     try:
         from pyproj import Transformer
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("UTM conversion needs pyproj: pip install 's4g[engine]' (or pip install pyproj)") from exc
+        raise DependencyError("UTM conversion needs pyproj: pip install 's4g[engine]' (or pip install pyproj)") from exc
     if not 1 <= int(zone) <= 60:
-        raise ValueError(f"UTM zone must be in 1..60, got {zone}")
+        raise InputError(f"UTM zone must be in 1..60, got {zone}")
     epsg = (32700 if south else 32600) + int(zone)
     tr = Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)
     lon, lat = tr.transform(np.asarray(easting, np.float64), np.asarray(northing, np.float64))
@@ -99,13 +101,13 @@ def _embed(coords: np.ndarray, metric: str) -> np.ndarray:
     """Coordinates → points of a Euclidean space whose distance order equals the metric's order."""
     if metric == "haversine":
         if np.any(np.abs(coords[:, 0]) > 90.0) or np.any(np.abs(coords[:, 1]) > 360.0):
-            raise ValueError("gps_neighbours(metric='haversine') expects (lat, lon) in degrees; got values "
+            raise InputError("gps_neighbours(metric='haversine') expects (lat, lon) in degrees; got values "
                              "outside [-90, 90] x [-360, 360] — UTM metres? use metric='euclidean'")
         # scaled by R so the chord is in metres (keeps the KD-tree's absolute tolerances meaningful)
         return latlon_to_unit(coords[:, 0], coords[:, 1]) * EARTH_RADIUS_M
     if metric == "euclidean":
         return coords - coords.mean(axis=0, keepdims=True)
-    raise ValueError(f"metric must be 'haversine' or 'euclidean', got {metric!r}")
+    raise InputError(f"metric must be 'haversine' or 'euclidean', got {metric!r}")
 
 
 def _neighbours_kdtree(points: np.ndarray, k: int) -> np.ndarray:
@@ -152,32 +154,17 @@ def _load_cache(npy: Path, meta: Path, digest: str, n: int, k: int) -> np.ndarra
             return None
         arr = np.load(npy, allow_pickle=False)
         if arr.dtype != np.int64 or arr.shape != (n, k):
-            raise ValueError(f"shape/dtype {arr.shape}/{arr.dtype}, expected ({n}, {k})/int64")
+            raise InputError(f"shape/dtype {arr.shape}/{arr.dtype}, expected ({n}, {k})/int64")
         if hashlib.sha256(arr.tobytes()).hexdigest() != info.get("sha256"):
-            raise ValueError("content checksum mismatch")
+            raise InputError("content checksum mismatch")
         if arr.size and (arr.min() < -1 or arr.max() >= n or np.any(arr == np.arange(n)[:, None])):
-            raise ValueError("indices out of range or self-references")
+            raise InputError("indices out of range or self-references")
         return arr
     except FileNotFoundError:
         return None
     except Exception as exc:  # corrupt cache of any kind → recompute, never trust it
         logger.warning("ignoring unusable GPS-neighbour cache %s (%s); recomputing", npy, exc)
         return None
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def gps_neighbours(coords: np.ndarray, K: int, *, metric: str = "haversine",
@@ -198,14 +185,14 @@ def gps_neighbours(coords: np.ndarray, K: int, *, metric: str = "haversine",
     """
     c = np.ascontiguousarray(np.asarray(coords, np.float64))
     if c.ndim != 2 or c.shape[1] != 2:
-        raise ValueError(f"coords must have shape (N, 2), got {c.shape}")
+        raise InputError(f"coords must have shape (N, 2), got {c.shape}")
     if not np.all(np.isfinite(c)):
         bad = int(np.flatnonzero(~np.isfinite(c).all(axis=1))[0])
-        raise ValueError(f"coords contain NaN/inf (first at row {bad}); GPS neighbours need a position for "
+        raise InputError(f"coords contain NaN/inf (first at row {bad}); GPS neighbours need a position for "
                          "every sample — drop those samples or use another sampling")
     K = int(K)
     if K < 0:
-        raise ValueError(f"K must be >= 0, got {K}")
+        raise InputError(f"K must be >= 0, got {K}")
     n = c.shape[0]
     h = hashlib.sha256()
     h.update(f"s4g-gps-neighbours-v1|{metric}|K={K}|N={n}|{cache_key or ''}|".encode())
@@ -221,9 +208,9 @@ def gps_neighbours(coords: np.ndarray, K: int, *, metric: str = "haversine",
     points = _embed(c, metric)
     out = _neighbours_kdtree(points, K)
     if npy is not None and meta is not None:
-        _atomic_write(npy, lambda fh: np.save(fh, out, allow_pickle=False))
+        atomic_write_with(npy, lambda fh: np.save(fh, out, allow_pickle=False))
         info = {"key": digest, "sha256": hashlib.sha256(out.tobytes()).hexdigest(), "metric": metric,
                 "K": K, "N": n, "cache_key": cache_key}
-        _atomic_write(meta, lambda fh: fh.write(json.dumps(info, indent=1).encode()))
+        atomic_write_with(meta, lambda fh: fh.write(json.dumps(info, indent=1).encode()))
         logger.info("GPS neighbours cached at %s", npy)
     return out

@@ -9,42 +9,54 @@ Backends (all inner product on L2-normalised embeddings = cosine):
 
 ``auto`` picks by gallery size when the index is first searched or saved (see :func:`choose_backend`).
 
-Index files are one ``.npz`` (zip; no pickle, read with ``allow_pickle=False``): ``meta`` (JSON bytes:
-format, version, backend, dim, count, model fingerprint, parameters), ``coords`` float64 ``(N, 2)``
-lat/lon degrees, ``ids`` unicode ``(N,)``, and either ``embeddings`` (exact backends) or ``faiss`` (the
-index in faiss's own serialisation, as uint8 bytes). Written to a temporary file in the same directory and
-``os.replace``d, so a crash mid-write leaves the previous file intact; zip CRCs catch corrupt files.
+Concurrency: every mutation (``add``, building the searchable structure) and every snapshot taken for
+``save`` happen under one lock, so a saved file never holds parts that disagree, and a search sees the
+index either before or after an ``add``. The file format and its checks are in :mod:`s4g_engine.index_file`.
+
+An approximate search may find fewer than ``k`` candidates: those are marked by the sentinel index −1 with
+score −inf (faiss's own −3.4e38 is normalised to −inf).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import tempfile
 import threading
-import zipfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from s4g_engine.errors import DependencyError, InputError, StateError
+
 log = logging.getLogger(__name__)
 
-FORMAT = "s4g-index"
-VERSION = 1
 BACKENDS = ("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq")
 #: auto: exact float32 below this many references, float16 storage up to AUTO_IVFPQ_MIN, then IVF-PQ.
 AUTO_FP16_MIN = 2_000_000
 AUTO_IVFPQ_MIN = 10_000_000
+MAX_DIM = 1 << 16
+
+
+def import_faiss() -> Any:
+    """``import faiss`` without its loader's INFO noise ("Could not load library with AVX2 support ...", which
+    only says which of its builds it picked); a clear error when faiss is missing."""
+    loader = logging.getLogger("faiss.loader")
+    if loader.level == logging.NOTSET:
+        loader.setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as exc:
+        raise DependencyError(f"this index backend needs faiss ({exc}); install the engine extra: "
+                              "pip install 's4g[engine]' (faiss-cpu), or use the 'exact' backend") from exc
+    return faiss
 
 
 def faiss_gpus() -> int:
     """Number of GPUs faiss can use (0 for faiss-cpu or when faiss is missing)."""
     try:
-        import faiss
-    except ImportError:
+        faiss = import_faiss()
+    except DependencyError:
         return 0
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
@@ -63,20 +75,60 @@ def choose_backend(n: int) -> str:
 
 
 def validate_coords(coords: Any, n: int) -> np.ndarray:
-    """``coords`` → float64 ``(n, 2)`` (lat, lon) degrees; ``ValueError`` on bad shape, NaN or range."""
-    c = np.asarray(coords, dtype=np.float64)
+    """``coords`` → float64 ``(n, 2)`` (lat, lon) degrees; :class:`InputError` on bad shape, NaN or range."""
+    try:
+        c = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expected coords as numbers of shape ({n}, 2) = (lat, lon) degrees, got "
+                         f"{type(coords).__name__} that is not numeric ({exc})") from None
     if c.ndim == 1 and c.shape[0] == 2 and n == 1:
         c = c[None]
     if c.shape != (n, 2):
-        raise ValueError(f"expected coords of shape ({n}, 2) = (lat, lon) degrees, one row per image, got {c.shape}")
+        raise InputError(f"expected coords of shape ({n}, 2) = (lat, lon) degrees, one row per image, got {c.shape}")
     bad = ~np.isfinite(c).all(axis=1)
     if bad.any():
-        raise ValueError(f"coords contain NaN/Inf for {int(bad.sum())} image(s) (first at row {int(np.argmax(bad))}); "
-                         "every reference needs a finite (lat, lon)")
-    if (np.abs(c[:, 0]) > 90).any() or (np.abs(c[:, 1]) > 180).any():
-        raise ValueError("coords out of range: expected latitude in [-90, 90] and longitude in [-180, 180] "
-                         "(pass (lat, lon), not (lon, lat) or projected metres)")
+        raise InputError(f"coords contain NaN/Inf for {int(bad.sum())} image(s) (first at row {int(np.argmax(bad))}); "
+                         "expected a finite (lat, lon) for every reference")
+    out = (np.abs(c[:, 0]) > 90) | (np.abs(c[:, 1]) > 180)
+    if out.any():
+        r = int(np.argmax(out))
+        raise InputError(f"coords out of range at row {r}: got ({c[r, 0]:g}, {c[r, 1]:g}); expected latitude in "
+                         "[-90, 90] and longitude in [-180, 180] (pass (lat, lon), not (lon, lat) or projected metres)")
     return c
+
+
+def check_ids(ids: Any, n: int) -> list[str] | None:
+    """``ids`` → ``n`` strings (or None = numbered automatically); a bare string is refused, not split."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise InputError(f"ids: expected a sequence of {n} ids (one per image), got the single string {ids!r}; "
+                         "wrap it in a list: ids=[...]")
+    if isinstance(ids, np.ndarray) and ids.ndim != 1:
+        raise InputError(f"ids: expected a 1-D sequence of {n} ids, got an array of shape {ids.shape}")
+    try:
+        items = list(ids)
+    except TypeError:
+        raise InputError(f"ids: expected a sequence of {n} strings, got {type(ids).__name__}") from None
+    out = []
+    for i, v in enumerate(items):
+        if isinstance(v, (str, np.str_)):
+            out.append(str(v))
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            out.append(str(int(v)))
+        else:
+            raise InputError(f"ids[{i}]: expected a string (or an integer), got {type(v).__name__} {v!r}")
+    if len(out) != n:
+        raise InputError(f"ids: got {len(out)} ids for {n} references; expected one id per image (or None)")
+    return out
+
+
+def _check_k(k: Any, n: int) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if k > n:
+        raise InputError(f"k={k} is larger than the index ({n} references); expected k <= {n}")
+    return int(k)
 
 
 class ReferenceIndex:
@@ -84,13 +136,18 @@ class ReferenceIndex:
 
     ``search(queries (Q, d), k) -> (scores float32 (Q, k), indices int64 (Q, k))``, best first.
     ``add`` may be called many times; the backend is resolved (``auto``) and faiss structures are built
-    lazily on the next ``search``/``save``. ``search`` is safe to call from several threads.
+    lazily on the next ``search``/``save``. Safe to use from several threads (see the module docstring).
     """
 
     def __init__(self, dim: int, *, backend: str = "auto", fingerprint: str | None = None,
                  nlist: int | None = None, pq_m: int | None = None, nprobe: int = 32, use_gpu: bool = True) -> None:
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
+            raise InputError(f"index dim must be an integer in [1, {MAX_DIM}], got {dim!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"index backend must be one of {BACKENDS}, got {backend!r}")
+            raise InputError(f"index backend must be one of {BACKENDS}, got {backend!r}")
+        for name, v in (("nlist", nlist), ("pq_m", pq_m), ("nprobe", nprobe)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
         self.dim = int(dim)
         self.requested = backend
         self.backend: str | None = None if backend == "auto" else backend
@@ -99,10 +156,10 @@ class ReferenceIndex:
         self.use_gpu = use_gpu
         self._lock = threading.RLock()
         self._pending: list[np.ndarray] = []
-        self._emb: np.ndarray | None = None  # exact backends
+        self._emb: np.ndarray | None = None  # exact backends; replaced, never modified in place
         self._faiss: Any = None
-        self._coords = np.zeros((0, 2), dtype=np.float64)
-        self._ids: list[str] = []
+        self._coords = np.zeros((0, 2), dtype=np.float64)  # replaced, never modified in place
+        self._ids: list[str] = []  # append-only
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -118,20 +175,20 @@ class ReferenceIndex:
 
     def add(self, embeddings: np.ndarray, coords: Any, ids: Sequence[str] | None = None) -> None:
         """Append ``embeddings`` float32 ``(n, d)`` (L2-normalised) with ``coords`` ``(n, 2)`` and ``ids``."""
-        e = np.asarray(embeddings, dtype=np.float32)
+        try:
+            e = np.asarray(embeddings, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"expected embeddings as a float array (n, {self.dim}), got "
+                             f"{type(embeddings).__name__}") from None
         if e.ndim != 2 or e.shape[1] != self.dim:
-            raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {e.shape}")
+            raise InputError(f"expected embeddings of shape (n, {self.dim}), got {e.shape}")
         if not np.isfinite(e).all():
-            raise ValueError("embeddings contain NaN/Inf; check the encoder and its inputs")
+            raise InputError("embeddings contain NaN/Inf; expected finite values — check the encoder and its inputs")
         n = e.shape[0]
         c = validate_coords(coords, n)
+        id_list = check_ids(ids, n)
         with self._lock:
-            if ids is None:
-                new_ids = [str(len(self._ids) + i) for i in range(n)]
-            else:
-                new_ids = [str(i) for i in ids]
-                if len(new_ids) != n:
-                    raise ValueError(f"got {len(new_ids)} ids for {n} references; pass one id per image or None")
+            new_ids = id_list if id_list is not None else [str(len(self._ids) + i) for i in range(n)]
             self._pending.append(np.ascontiguousarray(e))
             self._coords = np.concatenate([self._coords, c], axis=0)
             self._ids.extend(new_ids)
@@ -144,8 +201,7 @@ class ReferenceIndex:
         return self.backend
 
     def _new_faiss(self, train: np.ndarray) -> Any:
-        import faiss
-
+        faiss = import_faiss()
         d, n = self.dim, train.shape[0]
         if self.backend == "faiss-flat":
             index = faiss.IndexFlatIP(d)
@@ -159,7 +215,7 @@ class ReferenceIndex:
             m = self.params["pq_m"] or next(mm for mm in (d // 4, d // 8, d // 16, 16, 8, 4, 2, 1)
                                            if mm >= 1 and d % mm == 0)
             if d % m:
-                raise ValueError(f"pq_m={m} must divide the embedding dim {d}")
+                raise InputError(f"pq_m={m} must divide the embedding dim {d}; choose a divisor of {d}")
             nbits = 8 if train.shape[0] >= 256 * 39 else max(1, min(8, int(math.log2(max(2, train.shape[0] // 39)))))
             quant = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFPQ(quant, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
@@ -171,12 +227,12 @@ class ReferenceIndex:
         return index
 
     def _materialise(self) -> None:
+        """Move pending rows into the searchable structure (under the lock)."""
         with self._lock:
             if not self._pending and (self._emb is not None or self._faiss is not None):
                 return
             backend = self._resolve()
             new = np.concatenate(self._pending, axis=0) if self._pending else np.zeros((0, self.dim), np.float32)
-            self._pending = []
             if backend in ("exact", "exact-fp16"):
                 dtype = np.float16 if backend == "exact-fp16" else np.float32
                 parts = [self._emb] if self._emb is not None else []
@@ -184,31 +240,46 @@ class ReferenceIndex:
             else:
                 if self._faiss is None:
                     if new.shape[0] == 0:
+                        self._pending = []
                         return
                     self._faiss = self._new_faiss(new)
                 self._faiss.add(np.ascontiguousarray(new, dtype=np.float32))
+            self._pending = []
 
     # -- search -----------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` references per query: ``(scores float32 (Q, k), indices int64 (Q, k))``, best first."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"expected queries of shape (Q, {self.dim}), got {q.shape}")
-        n = len(self)
-        if n == 0:
-            raise ValueError("the index is empty: add references first (Localiser.index_references or load_index)")
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > n:
-            raise ValueError(f"k={k} is larger than the index ({n} references); ask for at most k={n}")
-        self._materialise()
-        if self.backend in ("exact", "exact-fp16"):
-            from s4g_engine import topk_similarity  # the compiled core
+        """Top-``k`` references per query: ``(scores float32 (Q, k), indices int64 (Q, k))``, best first.
 
-            scores, idx = topk_similarity(q, self._emb, int(k))
-        else:
-            scores, idx = self._faiss.search(q, int(k))
-        return np.asarray(scores, dtype=np.float32), np.asarray(idx, dtype=np.int64)
+        Candidates an approximate backend did not find have index −1 and score −inf.
+        """
+        try:
+            q = np.ascontiguousarray(queries, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"expected queries as a float array (Q, {self.dim}), got "
+                             f"{type(queries).__name__}") from None
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InputError(f"expected queries of shape (Q, {self.dim}), got {q.shape}")
+        if not np.isfinite(q).all():
+            raise InputError("queries contain NaN/Inf; expected finite embeddings")
+        with self._lock:
+            n = len(self)
+            if n == 0:
+                raise InputError("the index is empty: expected references; add them first "
+                                 "(Localiser.index_references or load_index)")
+            k = _check_k(k, n)
+            self._materialise()
+            emb, backend = self._emb, self.backend
+            if backend not in ("exact", "exact-fp16"):
+                # faiss indexes are modified in place by add(): search them under the lock.
+                scores, idx = self._faiss.search(q, k)
+        if backend in ("exact", "exact-fp16"):
+            from s4g_engine.kernels import topk_similarity  # the compiled core
+
+            scores, idx = topk_similarity(q, emb, k)  # emb: an immutable snapshot
+        scores = np.asarray(scores, dtype=np.float32)
+        idx = np.asarray(idx, dtype=np.int64)
+        scores[idx < 0] = -np.inf  # faiss pads missing candidates with -3.4e38
+        return scores, idx
 
     def bytes_per_reference(self) -> float:
         """Memory of the searchable structure per reference (without coords/ids)."""
@@ -220,100 +291,66 @@ class ReferenceIndex:
         return float(self._faiss.code_size) + 8.0  # PQ code + stored id
 
     # -- persistence ------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index atomically to ``path`` (one ``.npz``; see the module docstring)."""
-        if len(self) == 0:
-            raise ValueError("refusing to save an empty index: add references first")
-        self._materialise()
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of everything a file needs (taken under the lock): ``meta`` and the arrays."""
         with self._lock:
-            meta = {"format": FORMAT, "version": VERSION, "backend": self.backend, "dim": self.dim,
-                    "count": len(self), "fingerprint": self.fingerprint,
+            if len(self) == 0:
+                raise StateError("refusing to save an empty index: expected references; add them first")
+            self._materialise()
+            n = len(self._ids)
+            meta = {"backend": self.backend, "dim": self.dim, "count": n, "fingerprint": self.fingerprint,
                     "params": {k: v for k, v in self.params.items() if v is not None}}
-            arrays: dict[str, np.ndarray] = {
-                "coords": self._coords,
-                "ids": np.asarray(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1"),
-            }
+            arrays: dict[str, np.ndarray] = {"coords": self._coords,
+                                             "ids": np.asarray(self._ids, dtype=str)}
             if self.backend in ("exact", "exact-fp16"):
                 arrays["embeddings"] = self._emb  # type: ignore[assignment]
+                rows = self._emb.shape[0]  # type: ignore[union-attr]
             else:
-                import faiss
-
+                faiss = import_faiss()
                 index = self._faiss
                 if faiss_gpus() > 0 and hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
                     index = faiss.index_gpu_to_cpu(index)
                 arrays["faiss"] = np.asarray(faiss.serialize_index(index), dtype=np.uint8)
-            arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        atomic_savez(Path(path), arrays)
+                rows = int(index.ntotal)
+        if not (rows == n == arrays["coords"].shape[0] == arrays["ids"].shape[0]):  # never expected: a bug
+            raise StateError(f"index snapshot is inconsistent ({rows} embeddings, {arrays['coords'].shape[0]} "
+                             f"coords, {arrays['ids'].shape[0]} ids); nothing was written")
+        return {"meta": meta, "arrays": arrays}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index atomically to ``path`` (one ``.npz``, see :mod:`s4g_engine.index_file`).
+
+        The content is a snapshot taken under the lock, so concurrent ``add`` calls cannot make the file's
+        parts disagree; the file replaces ``path`` only once it is complete.
+        """
+        from s4g_engine.index_file import write_index
+
+        write_index(path, self.snapshot())
         log.info("saved %s index of %d references to %s", self.backend, len(self), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, expected_fingerprint: str | None = None,
-             use_gpu: bool = True) -> "ReferenceIndex":
-        """Read an index written by :meth:`save`; ``ValueError`` if it is corrupt or from another model."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"index file {str(p)!r} does not exist; build one with `s4g-index build`")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
-            raise ValueError(f"index file {str(p)!r} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-                             "rebuild it with `s4g-index build`") from exc
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{p}: not an s4g index (format {meta.get('format')!r} v{meta.get('version')}); "
-                             f"expected {FORMAT!r} v{VERSION}")
-        if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
-            raise ValueError(f"index {str(p)!r} was built by model {meta.get('fingerprint')!r}, but this model is "
-                             f"{expected_fingerprint!r}: embeddings of different models are not comparable; rebuild "
-                             "the index with this model (`s4g-index build --model ...`)")
-        n, dim, backend = int(meta["count"]), int(meta["dim"]), str(meta["backend"])
-        coords, ids = data.get("coords"), data.get("ids")
-        if coords is None or ids is None or coords.shape != (n, 2) or ids.shape != (n,):
-            raise ValueError(f"{p}: inconsistent index (count {n}, coords {getattr(coords, 'shape', None)}, ids "
-                             f"{getattr(ids, 'shape', None)}); rebuild it")
-        params = meta.get("params", {})
-        idx = cls(dim, backend=backend, fingerprint=meta.get("fingerprint"), nlist=params.get("nlist"),
-                  pq_m=params.get("pq_m"), nprobe=params.get("nprobe", 32), use_gpu=use_gpu)
+             expected_dim: int | None = None, use_gpu: bool = True) -> "ReferenceIndex":
+        """Read an index written by :meth:`save`, checking everything in it (:func:`index_file.read_index`).
+
+        Raises :class:`MissingFileError`, :class:`FormatError` (not an index), :class:`CorruptFileError`
+        (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model).
+        """
+        from s4g_engine.index_file import read_index
+
+        meta, arrays, faiss_index = read_index(path, expected_fingerprint=expected_fingerprint,
+                                               expected_dim=expected_dim)
+        params = dict(meta["params"])
+        idx = cls(meta["dim"], backend=meta["backend"], fingerprint=meta["fingerprint"],
+                  nlist=params.get("nlist"), pq_m=params.get("pq_m"), nprobe=params.get("nprobe", 32),
+                  use_gpu=use_gpu)
         idx.params.update(params)
-        idx._coords = np.asarray(coords, dtype=np.float64)
-        idx._ids = [str(s) for s in ids.tolist()]
-        if backend in ("exact", "exact-fp16"):
-            emb = data.get("embeddings")
-            want = np.float16 if backend == "exact-fp16" else np.float32
-            if emb is None or emb.shape != (n, dim) or emb.dtype != want:
-                raise ValueError(f"{p}: embeddings missing or of the wrong shape/dtype "
-                                 f"({getattr(emb, 'shape', None)}, {getattr(emb, 'dtype', None)}); rebuild it")
-            idx._emb = np.ascontiguousarray(emb)
+        idx._coords = arrays["coords"]
+        idx._ids = arrays["ids"]
+        if faiss_index is None:
+            idx._emb = arrays["embeddings"]
         else:
-            import faiss
-
-            if "faiss" not in data:
-                raise ValueError(f"{p}: the faiss index payload is missing; rebuild it")
-            index = faiss.deserialize_index(data["faiss"])
-            if index.ntotal != n or index.d != dim:
-                raise ValueError(f"{p}: faiss index holds {index.ntotal}×{index.d}, metadata says {n}×{dim}")
-            if backend == "faiss-ivfpq":
-                faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe", 32))
-            elif use_gpu and faiss_gpus() > 0:
-                index = faiss.index_cpu_to_all_gpus(index)
-            idx._faiss = index
+            if meta["backend"] == "faiss-flat" and use_gpu and faiss_gpus() > 0:
+                faiss_index = import_faiss().index_cpu_to_all_gpus(faiss_index)
+            idx._faiss = faiss_index
         return idx
-
-
-def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temp file beside ``path``, fsync, then ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -12,10 +12,9 @@ the model fingerprint. Loading verifies every listed file against its sha256.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +22,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from s4g_engine.encoders import Encoder, make_encoder
-from s4g_engine.index import ReferenceIndex
+# Bundle reading and validation live in s4g_engine.bundle; the names stay importable from here.
+from s4g_engine.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, VIEWS, config_fingerprint,  # noqa: F401
+                               open_view_encoder, read_bundle_config, sha256_file, validate_config,
+                               view_model_files)
+from s4g_engine.encoders import Encoder
+from s4g_engine.errors import InputError, MissingFileError, StateError
+from s4g_engine.index import ReferenceIndex, check_ids
+from s4g_engine.limits import check_batch
 from s4g_engine.preprocess import BatchPipeline, DataContract, ImageLike, ViewSpec, as_image_list
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FORMAT = "s4g-bundle"
-BUNDLE_VERSION = 1
-VIEWS = ("ground", "aerial")
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,10 +40,12 @@ class LocaliseResult:
     """Top-``k`` candidates for ``n`` query images.
 
     ``scores`` float32 ``(n, k)`` cosine similarities, best first; ``indices`` int64 ``(n, k)`` rows of the
-    index; ``ids`` ``n`` lists of ``k`` reference ids; ``coords`` float64 ``(n, k, 2)`` (lat, lon) degrees;
-    an approximate index may return fewer than ``k``
-    candidates: missing ones have index −1, score −inf (faiss: −3.4e38), id ``""`` and NaN coords. ``timings`` seconds per stage: ``decode_s`` (time the encoder waited for decoded/preprocessed
-    images), ``encode_s``, ``search_s``, ``total_s``.
+    index; ``ids`` ``n`` lists of ``k`` reference ids; ``coords`` float64 ``(n, k, 2)`` (lat, lon) degrees.
+    An approximate (IVF-PQ) index may find fewer than ``k`` candidates; the missing ones are marked by the
+    sentinel index −1, with score −inf, id ``""`` and NaN coords, and are left out of :meth:`to_geojson` and
+    :meth:`to_dict` (whose output is strict JSON: no NaN, no Infinity). ``timings`` seconds per stage:
+    ``decode_s`` (time the encoder waited for decoded/preprocessed images), ``encode_s``, ``search_s``,
+    ``total_s``.
     """
 
     scores: np.ndarray
@@ -51,57 +54,39 @@ class LocaliseResult:
     coords: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
 
+    def candidates(self, i: int) -> list[dict[str, Any]]:
+        """Query ``i``'s found candidates as ``{rank, score, id, index, lat, lon}`` (sentinels left out)."""
+        out = []
+        for r in range(self.scores.shape[1]):
+            j = int(self.indices[i, r])
+            lat, lon = (float(v) for v in self.coords[i, r])
+            if j < 0 or not (np.isfinite(lat) and np.isfinite(lon) and np.isfinite(self.scores[i, r])):
+                continue  # the sentinel of a candidate an approximate index did not find
+            out.append({"rank": r + 1, "score": float(self.scores[i, r]), "id": self.ids[i][r], "index": j,
+                        "lat": lat, "lon": lon})
+        return out
+
+    def to_dict(self, query_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """``{"results": [{"image", "candidates": [{rank, score, id, index, lat, lon}]}], "timings"}``
+        (strict JSON types; missing candidates left out)."""
+        n = self.scores.shape[0]
+        names = list(query_names) if query_names is not None else [str(i) for i in range(n)]
+        return {"results": [{"image": names[i], "candidates": self.candidates(i)} for i in range(n)],
+                "timings": {k: float(v) for k, v in self.timings.items()}}
+
     def to_geojson(self, query_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """A GeoJSON FeatureCollection: one Point ``[lon, lat]`` per candidate, with query, rank, score, id."""
-        n, k = self.scores.shape
+        """A GeoJSON FeatureCollection: one Point ``[lon, lat]`` per candidate, with query, rank, score, id
+        (missing candidates left out)."""
+        n = self.scores.shape[0]
         names = list(query_names) if query_names is not None else [str(i) for i in range(n)]
         feats = []
         for i in range(n):
-            for r in range(k):
-                lat, lon = (float(v) for v in self.coords[i, r])
+            for c in self.candidates(i):
                 feats.append({"type": "Feature",
-                              "geometry": {"type": "Point", "coordinates": [lon, lat]},
-                              "properties": {"query": names[i], "rank": r + 1, "score": float(self.scores[i, r]),
-                                             "id": self.ids[i][r], "index": int(self.indices[i, r])}})
+                              "geometry": {"type": "Point", "coordinates": [c["lon"], c["lat"]]},
+                              "properties": {"query": names[i], "rank": c["rank"], "score": c["score"],
+                                             "id": c["id"], "index": c["index"]}})
         return {"type": "FeatureCollection", "features": feats}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_bundle_config(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
-    """Read ``config.json`` of the bundle at ``path`` and (``verify``) check every listed file's sha256."""
-    root = Path(path)
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{str(root)!r} is not a model bundle: {cfg_path} does not exist "
-                                "(create one with `s4g-export CHECKPOINT --out DIR`)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{cfg_path} is not valid JSON ({exc}); re-export the bundle") from exc
-    if cfg.get("format") != BUNDLE_FORMAT or cfg.get("version") != BUNDLE_VERSION:
-        raise ValueError(f"{cfg_path}: expected format {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}, got "
-                         f"{cfg.get('format')!r} version {cfg.get('version')!r}; re-export with this s4g")
-    for key in ("views", "files", "fingerprint", "embed_dim"):
-        if key not in cfg:
-            raise ValueError(f"{cfg_path}: missing key {key!r}; re-export the bundle")
-    if verify:
-        for name, meta in cfg["files"].items():
-            f = root / name
-            if not f.is_file():
-                raise FileNotFoundError(f"bundle {str(root)!r}: file {name!r} listed in config.json is missing; "
-                                        "copy the whole folder or re-export it")
-            digest = sha256_file(f)
-            if digest != meta.get("sha256"):
-                raise ValueError(f"bundle {str(root)!r}: {name} has sha256 {digest[:16]}…, config.json expects "
-                                 f"{str(meta.get('sha256'))[:16]}… — the file is corrupt or was replaced; re-export")
-    return cfg
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
@@ -125,28 +110,33 @@ class Localiser:
                  backend: str = "auto", precision: str = "auto", batch_size: int = 32, threads: int | None = None,
                  decode_threads: int | None = None, index_backend: str = "auto") -> None:
         self.root = Path(root)
-        self.config = config
-        self.fingerprint: str = str(config["fingerprint"])
+        self.config = validate_config(config, str(self.root / "config.json"))
+        # The identity indexes are tied to, derived from the weights' hashes (verified by from_dir).
+        self.fingerprint: str = config_fingerprint(self.config)
         self.embed_dim = int(config["embed_dim"])
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        self.batch_size = check_batch(int(batch_size))
         if precision not in ("auto", "fp32", "fp16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'fp16', got {precision!r}")
+            raise InputError(f"precision must be 'auto', 'fp32' or 'fp16', got {precision!r}")
         # The data contract the model was trained with: every image is preprocessed by it (s4g_engine.preprocess).
         self.contract = DataContract.from_config(config["views"])
         self.specs: dict[str, ViewSpec] = {view: self.contract[view] for view in VIEWS}
         self.encoders: dict[str, Encoder] = {}
         for view in VIEWS:
-            vcfg = config["views"][view]
-            self.encoders[view] = make_encoder(self._view_files(vcfg, device, backend, precision),
-                                               backend=backend, device=device, threads=threads)
+            files = self._view_files(view, device, backend, precision)
+            self.encoders[view] = open_view_encoder(self.root, view, files, self.specs[view], self.embed_dim,
+                                                    backend=backend, device=device, threads=threads)
         self.index_backend = index_backend
         self.index = ReferenceIndex(self.embed_dim, backend=index_backend, fingerprint=self.fingerprint)
+        self._index_lock = threading.Lock()  # load_index swaps the index only once the new one is valid
+        self._closed = False
         self._pipeline = BatchPipeline(decode_threads)
 
-    def _view_files(self, vcfg: dict[str, Any], device: str, backend: str, precision: str) -> list[Path]:
-        files = vcfg.get("files", {})
+    def _view_files(self, view: str, device: str, backend: str, precision: str) -> list[Path]:
+        """Candidate model files of ``view`` in order of preference; every one is listed (verified) in the
+        bundle and lies inside it (:func:`s4g_engine.bundle.view_model_files`)."""
+        files = view_model_files(self.root, self.config, view)
         out: list[Path] = []
         trt = files.get("tensorrt") or {}
         if backend in ("auto", "tensorrt"):
@@ -156,17 +146,17 @@ class Localiser:
                 # Engines are specific to the GPU and TensorRT version they were built with.
                 key = tensorrt_engine_key()
                 if key in trt:
-                    out.append(self.root / trt[key])
+                    out.append(trt[key])
                 else:
                     log.warning("bundle has TensorRT engines for %s, none for this machine (%s): using ONNX",
                                 sorted(trt), key)
         use_fp16 = precision == "fp16" or (precision == "auto" and device != "cpu" and _has_gpu_provider())
         if use_fp16 and files.get("fp16"):
-            out.append(self.root / files["fp16"])
+            out.append(files["fp16"])
         elif precision == "fp16":
-            raise FileNotFoundError(f"precision='fp16' but the bundle {self.root} has no fp16 model; "
-                                    "export with `s4g-export ... --fp16`")
-        out.append(self.root / files["fp32"])
+            raise MissingFileError(f"precision='fp16' but the bundle {self.root} has no fp16 model; "
+                                   "export with `s4g-export ... --fp16`")
+        out.append(files["fp32"])
         return out
 
     @classmethod
@@ -178,7 +168,14 @@ class Localiser:
         return cls(path, cfg, device=device, backend=backend, **kwargs)
 
     def close(self) -> None:
+        """Stop the decode threads; any later call raises :class:`~s4g_engine.errors.StateError`."""
+        self._closed = True
         self._pipeline.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError("this Localiser was closed (close() or the end of its `with` block); expected an open "
+                             "one: create a new Localiser with Localiser.from_dir(...)")
 
     def __enter__(self) -> "Localiser":
         return self
@@ -189,6 +186,7 @@ class Localiser:
     # -- embedding --------------------------------------------------------------------------------------
     def _embed(self, images: Any, view: str, *, progress: bool | None = None,
                timings: dict[str, float] | None = None) -> np.ndarray:
+        self._check_open()
         imgs = as_image_list(images)
         spec, enc = self.specs[view], self.encoders[view]
         out = np.empty((len(imgs), self.embed_dim), dtype=np.float32)
@@ -235,41 +233,53 @@ class Localiser:
                          ids: Sequence[str] | None = None, *, progress: bool | None = None) -> int:
         """Embed aerial tiles once and add them with their ``coords`` ``(n, 2)`` (lat, lon degrees).
 
-        Returns the index size afterwards. Coordinates are validated before anything is embedded.
+        Returns the index size afterwards. Coordinates and ids are validated before anything is embedded.
         """
         from s4g_engine.index import validate_coords
 
+        self._check_open()
         imgs = as_image_list(images)
         c = validate_coords(coords, len(imgs))
-        if ids is not None and len(ids) != len(imgs):
-            raise ValueError(f"got {len(ids)} ids for {len(imgs)} images; pass one id per image or None")
+        id_list = check_ids(ids, len(imgs))
         emb = self._embed(imgs, "aerial", progress=progress)
-        self.index.add(emb, c, ids)
-        return len(self.index)
+        with self._index_lock:  # the index that was current when embedding finished gets the rows
+            index = self.index
+        index.add(emb, c, id_list)
+        return len(index)
 
     def save_index(self, path: str | os.PathLike[str]) -> None:
-        """Write the reference index atomically (``.npz``, no pickle) with this model's fingerprint."""
+        """Write the reference index atomically (``.npz``, no pickle) with this model's fingerprint; the file
+        is a consistent snapshot even while other threads add references."""
+        self._check_open()
         self.index.save(path)
 
     def load_index(self, path: str | os.PathLike[str]) -> int:
-        """Replace the index by the one at ``path``; ``ValueError`` if another model built it."""
-        self.index = ReferenceIndex.load(path, expected_fingerprint=self.fingerprint)
-        if self.index.dim != self.embed_dim:
-            raise ValueError(f"index dim {self.index.dim} ≠ model embed dim {self.embed_dim}")
-        return len(self.index)
+        """Replace the index by the one at ``path``.
+
+        The file is read and checked completely first (format, integrity, fingerprint, embedding size); only
+        then does it replace the current index, so a refused file leaves the working index untouched.
+        Raises :class:`~s4g_engine.errors.ModelMismatchError` if another model built it.
+        """
+        self._check_open()
+        new = ReferenceIndex.load(path, expected_fingerprint=self.fingerprint, expected_dim=self.embed_dim)
+        with self._index_lock:
+            self.index = new
+        return len(new)
 
     # -- query ------------------------------------------------------------------------------------------
     def localise(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> LocaliseResult:
         """Top-``k`` reference tiles for each ground image (see :class:`LocaliseResult`)."""
         t0 = time.perf_counter()
-        n_index = len(self.index)
+        self._check_open()
+        index = self.index  # one index for the whole call, even if load_index swaps it meanwhile
+        n_index = len(index)
         if n_index == 0:
-            raise ValueError("the index is empty: call index_references(...) or load_index(path) first")
-        if not isinstance(k, (int, np.integer)) or k < 1 or k > n_index:
-            raise ValueError(f"k must be an integer in [1, {n_index}] (the index size), got {k!r}")
+            raise InputError("the index is empty: expected references; call index_references(...) or "
+                             "load_index(path) first")
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 or k > n_index:
+            raise InputError(f"k must be an integer in [1, {n_index}] (the index size), got {k!r}")
         timings: dict[str, float] = {}
         q = self._embed(images, "ground", timings=timings)
-        index = self.index
         t1 = time.perf_counter()
         scores, idx = index.search(q, int(k))
         timings["search_s"] = time.perf_counter() - t1

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from s4g_engine.errors import InputError
+
 log = logging.getLogger(__name__)
 
 #: Earth radius for metre errors (docs/METHOD.md §7).
@@ -34,11 +36,11 @@ def ranks_to_metrics(ranks: Any, n_refs: int, ks: Sequence[int] = (1, 5, 10)) ->
     """
     r = np.asarray(ranks)
     if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
-        raise ValueError(f"ranks must be a 1-D integer array, got shape {r.shape} dtype {r.dtype}")
+        raise InputError(f"ranks must be a 1-D integer array, got shape {r.shape} dtype {r.dtype}")
     if isinstance(n_refs, bool) or not isinstance(n_refs, (int, np.integer)) or n_refs < 1:
-        raise ValueError(f"n_refs must be a positive int, got {n_refs!r}")
+        raise InputError(f"n_refs must be a positive int, got {n_refs!r}")
     if r.size == 0:
-        raise ValueError("no queries: metrics need at least one rank")
+        raise InputError("no queries: metrics need at least one rank")
     out = {f"R@{k}": 100.0 * float(np.mean(r < k)) for k in ks}
     out["R@1%"] = 100.0 * float(np.mean(r < n_refs // 100))
     return out
@@ -62,7 +64,7 @@ def retrieval_metrics(query_emb: Any, ref_emb: Any, positive: Any, semi_positive
     if semi_positives is not None:
         semi = np.asarray(semi_positives)
         if semi.ndim != 2 or semi.shape[0] != ranks.shape[0]:
-            raise ValueError(f"semi_positives must be (Q={ranks.shape[0]}, s), got {semi.shape}")
+            raise InputError(f"semi_positives must be (Q={ranks.shape[0]}, s), got {semi.shape}")
         if semi.shape[1] > 0:
             hit = _ranks(query_emb, ref_emb, positive, ignore=semi.astype(np.int64, copy=False))
             out["hit_rate"] = 100.0 * float(np.mean(hit < 1))
@@ -88,13 +90,13 @@ def metre_errors(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float]
     p = np.asarray(pred_latlon, dtype=np.float64)
     t = np.asarray(true_latlon, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or p.shape != t.shape:
-        raise ValueError(f"pred_latlon and true_latlon must both be (Q, 2) lat/lon degrees, got {p.shape}, {t.shape}")
+        raise InputError(f"pred_latlon and true_latlon must both be (Q, 2) lat/lon degrees, got {p.shape}, {t.shape}")
     if p.shape[0] == 0:
-        raise ValueError("no queries: metre errors need at least one prediction")
+        raise InputError("no queries: metre errors need at least one prediction")
     if not (np.isfinite(p).all() and np.isfinite(t).all()):
-        raise ValueError("pred_latlon / true_latlon contain NaN or Inf; drop queries without coordinates first")
+        raise InputError("pred_latlon / true_latlon contain NaN or Inf; drop queries without coordinates first")
     if np.abs(p[:, 0]).max() > 90 or np.abs(t[:, 0]).max() > 90:
-        raise ValueError("latitudes beyond ±90°: pass (lat, lon) in degrees, latitude first")
+        raise InputError("latitudes beyond ±90°: pass (lat, lon) in degrees, latitude first")
     err = _haversine(p[:, 0], p[:, 1], t[:, 0], t[:, 1])
     out = {"median_m": float(np.median(err)), "mean_m": float(np.mean(err))}
     for th in thresholds:
@@ -114,7 +116,7 @@ def localisation_errors(query_emb: Any, ref_emb: Any, ref_latlon: Any, true_latl
 
     ref_ll = np.asarray(ref_latlon, dtype=np.float64)
     if ref_ll.ndim != 2 or ref_ll.shape != (np.shape(ref_emb)[0], 2):
-        raise ValueError(f"ref_latlon must be (N={np.shape(ref_emb)[0]}, 2) lat/lon degrees, got {ref_ll.shape}")
+        raise InputError(f"ref_latlon must be (N={np.shape(ref_emb)[0]}, 2) lat/lon degrees, got {ref_ll.shape}")
     _, idx = topk_similarity(query_emb, ref_emb, 1)
     return metre_errors(ref_ll[np.asarray(idx)[:, 0]], true_latlon, thresholds)
 
@@ -159,14 +161,14 @@ def university_metrics(query_emb: Any, gallery_emb: Any, query_labels: Any, gall
     ql = np.asarray(query_labels)
     gl = np.asarray(gallery_labels)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_emb (Q, d) and gallery_emb (G, d) must share d, got {q.shape} and {g.shape}")
+        raise InputError(f"query_emb (Q, d) and gallery_emb (G, d) must share d, got {q.shape} and {g.shape}")
     if ql.shape != (q.shape[0],) or gl.shape != (g.shape[0],):
-        raise ValueError(f"labels must be (Q,)=({q.shape[0]},) and (G,)=({g.shape[0]},), got {ql.shape}, {gl.shape}")
+        raise InputError(f"labels must be (Q,)=({q.shape[0]},) and (G,)=({g.shape[0]},), got {ql.shape}, {gl.shape}")
     if q.shape[0] == 0 or g.shape[0] == 0:
-        raise ValueError("need at least one query and one gallery item")
+        raise InputError("need at least one query and one gallery item")
     qf, gf = q.astype(np.float32, copy=False), g.astype(np.float32, copy=False)
     if not (np.isfinite(qf).all() and np.isfinite(gf).all()):
-        raise ValueError("embeddings contain NaN or Inf")
+        raise InputError("embeddings contain NaN or Inf")
     keep = gl != -1  # junk
     gf, gl = gf[keep], gl[keep]
     n_g = gf.shape[0]

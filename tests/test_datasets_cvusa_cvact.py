@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from layouts import CVACT_UTM_ORIGIN, cvact_truth, cvusa_ground_gps, cvusa_sat_gps, make_cvact, make_cvusa
+from s4g_engine.errors import InputError
 from s4g_engine.datasets import (CrossViewSplit, MalformedRowError, PathEscapeError, SplitFileNotFoundError,
                                  load_split)
 
@@ -138,7 +139,7 @@ def test_load_split_argument_errors(tmp_path: Path) -> None:
         load_split("cvusa", root, "dev")
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_split("cvusa", tmp_path / "nope", "train")
-    with pytest.raises(TypeError, match="utm_zone"):
+    with pytest.raises(InputError, match="utm_zone"):
         load_split("cvusa", root, "train", utm_zone=55)
 
 

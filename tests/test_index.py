@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError, ModelMismatchError, StateError
 from s4g_engine.index import AUTO_FP16_MIN, AUTO_IVFPQ_MIN, ReferenceIndex, choose_backend, faiss_gpus
 
 D = 48
@@ -97,7 +98,7 @@ def test_save_load_round_trip(tmp_path, backend):
 def test_fingerprint_mismatch_is_refused(tmp_path):
     idx, _ = _filled("exact", n=50)
     idx.save(tmp_path / "i.npz")
-    with pytest.raises(ValueError, match="built by model 'fp-a'.*rebuild"):
+    with pytest.raises(ModelMismatchError, match="built by model 'fp-a'.*rebuild"):
         ReferenceIndex.load(tmp_path / "i.npz", expected_fingerprint="fp-b")
 
 
@@ -111,24 +112,26 @@ def test_corrupt_truncated_and_foreign_files(tmp_path):
     flipped[len(data) // 3] ^= 0xFF  # inside the embeddings: the zip CRC catches it
     (tmp_path / "flip.npz").write_bytes(bytes(flipped))
     (tmp_path / "text.npz").write_text("not an index")
-    for name in ("trunc.npz", "flip.npz", "text.npz"):
-        with pytest.raises(ValueError, match="corrupt or truncated"):
+    for name in ("trunc.npz", "flip.npz"):
+        with pytest.raises(CorruptFileError, match="corrupt or truncated"):
             ReferenceIndex.load(tmp_path / name)
+    with pytest.raises(FormatError, match="not an s4g index.*a zip"):
+        ReferenceIndex.load(tmp_path / "text.npz")
     with zipfile.ZipFile(tmp_path / "other.npz", "w") as z:
         z.writestr("meta.npy", b"")
-    with pytest.raises(ValueError):
+    with pytest.raises(CorruptFileError):
         ReferenceIndex.load(tmp_path / "other.npz")
     np.savez(tmp_path / "foreign.npz", meta=np.frombuffer(b'{"format": "x", "version": 1}', dtype=np.uint8))
-    with pytest.raises(ValueError, match="not an s4g index"):
+    with pytest.raises(FormatError, match="not an s4g index"):
         ReferenceIndex.load(tmp_path / "foreign.npz")
-    with pytest.raises(FileNotFoundError, match="s4g-index build"):
+    with pytest.raises(MissingFileError, match="s4g-index build"):
         ReferenceIndex.load(tmp_path / "missing.npz")
 
 
 def test_bad_input_errors():
     rng = np.random.default_rng(5)
     idx = ReferenceIndex(D, backend="exact")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         idx.search(_unit(rng, 1), 1)
     with pytest.raises(ValueError, match=r"shape \(n, 48\)"):
         idx.add(_unit(rng, 3, 10), _coords(rng, 3))
@@ -155,8 +158,10 @@ def test_bad_input_errors():
         idx.search(_unit(rng, 2, 12), 1)
     with pytest.raises(ValueError, match="backend"):
         ReferenceIndex(D, backend="annoy")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(StateError, match="empty"):
         ReferenceIndex(D).save("/tmp/never-written.npz")
+    with pytest.raises(InputError, match="single string 'ab'"):
+        idx.add(_unit(rng, 2), _coords(rng, 2), ids="ab")
 
 
 def test_auto_backend_by_gallery_size():

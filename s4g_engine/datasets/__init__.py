@@ -1,6 +1,6 @@
 """Dataset readers: CVUSA, CVACT, VIGOR (same-/cross-area) and University-1652 → ``CrossViewSplit``.
 
-Torch-free. ``load_split(name, root, split)`` reads the authors' on-disk layouts exactly (SPEC §6,
+Torch-free. ``load_split(name, root, split)`` reads the authors' on-disk layouts exactly (docs/METHOD.md §6,
 DATASETS.md); the synthetic world (``s4g-synth``) writes the CVUSA and VIGOR layouts and is read the same way.
 """
 
@@ -13,6 +13,8 @@ from typing import Any
 
 from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
 from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
+
+from s4g_engine.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +58,19 @@ def load_split(name: str, root: str | os.PathLike, split: str, *, strict: bool =
         root; FileNotFoundError for missing image folders (and missing images when ``strict``).
     """
     if name not in SPLITS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+        raise InputError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        raise InputError(f"split must be train, val or test, got {split!r}")
     r = Path(root).expanduser()
     if not r.is_dir():
-        raise FileNotFoundError(f"{name}: dataset root {r} is not a directory")
+        raise MissingFileError(f"{name}: dataset root {r} is not a directory; expected the dataset folder (see DATASETS.md)")
     r = r.resolve()
     allowed: dict[str, set[str]] = {"cvusa": set(), "cvact": {"utm_zone", "utm_south"},
                                     "vigor": {"metres_per_pixel"}, "university": set()}
     fam = family(name)
     unknown = set(options) - allowed[fam]
     if unknown:
-        raise TypeError(f"load_split({name!r}) got unexpected options {sorted(unknown)}; "
+        raise InputError(f"load_split({name!r}) got unexpected options {sorted(unknown)}; "
                         f"allowed: {sorted(allowed[fam]) or 'none'}")
     if fam == "cvusa":
         from .cvusa import load_cvusa

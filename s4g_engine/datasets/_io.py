@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from s4g_engine.errors import FormatError, MissingFileError, NotAFileError
+from s4g_engine.limits import check_bytes
+
 logger = logging.getLogger(__name__)
+
+_EOL = re.compile(r"\r\n|\r|\n")  # the line ends editors count (str.splitlines also splits on \f, \x1c, ...)
 
 __all__ = [
     "DirIndex",
@@ -24,10 +30,11 @@ __all__ = [
     "check_relative",
     "check_name",
     "read_rows",
+    "read_text_lines",
 ]
 
 
-class SplitFileNotFoundError(FileNotFoundError):
+class SplitFileNotFoundError(MissingFileError):
     """A split/label file the dataset layout requires is not where it is expected."""
 
     def __init__(self, path: Path, dataset: str, hint: str = "") -> None:
@@ -38,11 +45,11 @@ class SplitFileNotFoundError(FileNotFoundError):
         super().__init__(msg)
 
 
-class PathEscapeError(ValueError):
+class PathEscapeError(FormatError):
     """A split file names an absolute path or one that climbs out of the dataset root."""
 
 
-class MalformedRowError(ValueError):
+class MalformedRowError(FormatError):
     """A row of a split file does not have the expected form. ``location`` is ``file:line``."""
 
     def __init__(self, path: Path | str, line: int, row: str, expected: str) -> None:
@@ -54,36 +61,57 @@ class MalformedRowError(ValueError):
         super().__init__(f"{self.location}: malformed row {shown!r}; expected {expected}")
 
 
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """A UTF-8 text file (a byte-order mark is dropped) as lines; size-limited; errors name ``file:line``.
+
+    A file that is not UTF-8 (Latin-1, Windows-1252, UTF-16 exports of spreadsheets) raises
+    :class:`MalformedRowError` at the first offending line with how to convert it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise NotAFileError(f"{what} {str(path)!r} is a folder; expected a text file")
+    check_bytes(path.stat().st_size, f"{what} {path}", field="max_text_bytes")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise MalformedRowError(path, 1, repr(data[:40]), "UTF-8 text, got UTF-16 (a spreadsheet export?): "
+                                "save it as 'CSV UTF-8' or convert it: iconv -f utf-16 -t utf-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = len(_EOL.findall(data[:exc.start].decode("latin-1"))) + 1
+        raw = data.splitlines()[line - 1] if len(data.splitlines()) >= line else data
+        raise MalformedRowError(path, line, repr(raw[:80]), f"UTF-8 text, got byte 0x{data[exc.start]:02x} that is "
+                                "not UTF-8 (Latin-1/Windows-1252?): re-save the file as UTF-8, e.g. "
+                                "iconv -f latin1 -t utf-8 IN > OUT") from None
+    lines = _EOL.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def read_rows(path: Path, dataset: str, *, hint: str = "") -> list[tuple[int, str]]:
     """Read a text split file; return ``(line_number, stripped_line)`` for every non-empty line.
 
     Line numbers are 1-based as editors show them. A missing file raises ``SplitFileNotFoundError`` naming
-    the expected path. Undecodable bytes raise ``MalformedRowError`` at the offending line.
+    the expected path. A UTF-8 byte-order mark is ignored; other encodings raise ``MalformedRowError`` at the
+    offending line (:func:`read_text_lines`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SplitFileNotFoundError(path, dataset, hint)
-    data = path.read_bytes()
-    out: list[tuple[int, str]] = []
-    for i, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise MalformedRowError(path, i, repr(raw[:80]), "UTF-8 text") from None
-        if line:
-            out.append((i, line))
-    return out
+    return [(i, line.strip()) for i, line in enumerate(read_text_lines(path, f"{dataset} split file"), start=1)
+            if line.strip()]
 
 
 def check_relative(rel: str, where: str) -> str:
     """Validate a dataset-relative path read from a split file; return it normalised with ``/``.
 
-    Absolute paths and paths that climb out of the dataset root (``..``) raise ``ValueError`` — a split
+    Absolute paths and paths that climb out of the dataset root (``..``) raise ``PathEscapeError`` — a split
     file must never make us read outside the folder the user pointed us at.
     """
     if not rel:
-        raise ValueError(f"{where}: empty path")  # callers report empty fields as malformed rows
+        raise FormatError(f"{where}: empty path; expected a path relative to the dataset root")
     p = rel.replace("\\", "/")
+    if "\0" in p:
+        raise PathEscapeError(f"{where}: path {rel!r} contains a NUL byte; expected a relative path")
     if p.startswith("/") or (len(p) > 1 and p[1] == ":") or os.path.isabs(rel):
         raise PathEscapeError(
             f"{where}: absolute path {rel!r} in a split file; paths must be relative to the dataset root "

@@ -1,5 +1,5 @@
 """``CrossViewSplit``: the one normalised, torch-free description of a dataset split, plus the published
-reference numbers (SPEC §6) that ``s4g-data check`` compares a folder against."""
+reference numbers (docs/METHOD.md §6) that ``s4g-data check`` compares a folder against."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from s4g_engine.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class CrossViewSplit:
         def arr(name: str, value: Any, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
             a = np.ascontiguousarray(np.asarray(value, dtype=dtype))
             if a.shape != shape:
-                raise ValueError(f"CrossViewSplit.{name}: expected shape {shape}, got {a.shape}")
+                raise InputError(f"CrossViewSplit.{name}: expected shape {shape}, got {a.shape}")
             set_(self, name, a)
             return a
 
@@ -67,13 +69,13 @@ class CrossViewSplit:
         arr("reference_gps", self.reference_gps, np.float64, (n, 2))
         pos = arr("positive", self.positive, np.int64, (q,))
         if q and (pos.min() < 0 or pos.max() >= n):
-            raise ValueError(f"CrossViewSplit.positive: indices must lie in [0, {n}), got [{pos.min()}, {pos.max()}]")
+            raise InputError(f"CrossViewSplit.positive: indices must lie in [0, {n}), got [{pos.min()}, {pos.max()}]")
         semi = np.asarray(self.semi_positives, dtype=np.int64)
         if semi.size == 0 and not (semi.ndim == 2 and semi.shape[0] == q):
             semi = np.zeros((q, 0), np.int64)       # "none" given in any empty form
         semi = arr("semi_positives", semi, np.int64, (q, semi.shape[-1] if semi.ndim == 2 else -1))
         if semi.size and (semi.min() < -1 or semi.max() >= n):
-            raise ValueError(f"CrossViewSplit.semi_positives: indices must lie in [-1, {n}), got "
+            raise InputError(f"CrossViewSplit.semi_positives: indices must lie in [-1, {n}), got "
                              f"[{semi.min()}, {semi.max()}]")
         off = np.asarray(self.offsets, dtype=np.float64)
         if off.size == 0 and not (off.ndim == 3 and off.shape[0] == q):
@@ -101,7 +103,7 @@ class CrossViewSplit:
                 f"queries={self.num_queries}, references={self.num_references}, skipped={self.skipped})")
 
 
-# Published sizes (SPEC §6; VIGOR from its paper's table; University-1652 from its paper).
+# Published sizes (docs/METHOD.md §6; VIGOR from its paper's table; University-1652 from its paper).
 # Keys: (loader name, split) -> {"queries": Q, "references": N}.
 PUBLISHED: dict[tuple[str, str], dict[str, int]] = {
     ("cvusa", "train"): {"queries": 35_532, "references": 35_532},
@@ -136,7 +138,7 @@ def missing_images(skipped: dict[str, Any], kind: str, rels: list[str], strict: 
         return
     if strict:
         shown = ", ".join(rels[:5])
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{dataset}: {len(rels)} {kind.replace('_', ' ')} missing under {root} (first: {shown}); "
             "restore them, or load with strict=False to skip those pairs")
     skipped[kind] = skipped.get(kind, 0) + len(rels)

@@ -1,7 +1,7 @@
 """``s4g-data check --dataset NAME --root DIR [--json]``: is this dataset folder usable, and if not, what to do.
 
 Reads every split exactly as ``load_split`` does and reports, per split: counts against the published
-dataset (SPEC §6), missing split files (with the expected path), malformed rows (``file:line``), paths that
+dataset (docs/METHOD.md §6), missing split files (with the expected path), malformed rows (``file:line``), paths that
 escape the root, missing images (first few by name), unreadable images (a sample is decoded with Pillow),
 image sizes per view (raw vs scaled vs unexpected shapes such as polar-transformed tiles), GPS availability.
 Exit status: 0 = usable (possibly with warnings), 1 = unusable (at least one error), 2 = bad arguments.
@@ -24,6 +24,8 @@ import numpy as np
 from . import DATASET_NAMES, SPLITS, family, load_split
 from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
 from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
+
+from s4g_engine.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +243,7 @@ def check_dataset(dataset: str, root: str | Path, *, sample: int = 8) -> dict[st
     names = GROUPS.get(dataset, (dataset,))
     for nm in names:
         if nm not in SPLITS:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(CHECK_NAMES)}")
+            raise InputError(f"unknown dataset {dataset!r}; expected one of {', '.join(CHECK_NAMES)}")
     r = Path(root).expanduser()
     report: dict[str, Any] = {"dataset": dataset, "root": str(r), "usable": False, "splits": []}
     if not r.is_dir():

@@ -1,4 +1,4 @@
-"""CVACT reader (SPEC §6).
+"""CVACT reader (docs/METHOD.md §6).
 
 Layout::
 
@@ -25,6 +25,8 @@ from ..geo import utm_to_latlon
 from ._io import DirIndex, SplitFileNotFoundError, check_name
 from .base import CrossViewSplit, missing_images
 
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 MAT_FILE = "ACT_data.mat"
@@ -47,17 +49,17 @@ def _unwrap(a: Any) -> Any:
 
 def _struct_field(mat: dict, struct: str, fld: str, path: Path) -> np.ndarray:
     if struct not in mat:
-        raise ValueError(f"{path}: no variable {struct!r} (found {sorted(k for k in mat if not k.startswith('__'))}); "
+        raise FormatError(f"{path}: no variable {struct!r} (found {sorted(k for k in mat if not k.startswith('__'))}); "
                          "this does not look like CVACT's ACT_data.mat")
     s = _unwrap(mat[struct])
     if isinstance(s, np.ndarray) and s.dtype.names:
         if fld not in s.dtype.names:
-            raise ValueError(f"{path}: {struct} has fields {s.dtype.names}, expected {fld!r}")
+            raise FormatError(f"{path}: {struct} has fields {s.dtype.names}, expected {fld!r}")
         val = _unwrap(s[fld].reshape(-1)[0])
     elif hasattr(s, fld):  # mat_struct (struct_as_record=False)
         val = getattr(s, fld)
     else:
-        raise ValueError(f"{path}: {struct} is not a MATLAB struct with field {fld!r}")
+        raise FormatError(f"{path}: {struct} is not a MATLAB struct with field {fld!r}")
     return np.asarray(val)
 
 
@@ -85,21 +87,21 @@ def read_act_mat(path: Path) -> dict[str, Any]:
     try:
         mat = loadmat(path)
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5)
-        raise ValueError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it in MATLAB with "
+        raise FormatError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it in MATLAB with "
                          "save(..., '-v7')") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: cannot read as a MATLAB file ({exc}); re-download ACT_data.mat") from exc
+        raise CorruptFileError(f"{path}: cannot read as a MATLAB file ({exc}); re-download ACT_data.mat") from exc
     for var in ("panoIds", "utm"):
         if var not in mat:
-            raise ValueError(f"{path}: variable {var!r} missing; this is not CVACT's ACT_data.mat")
+            raise FormatError(f"{path}: variable {var!r} missing; this is not CVACT's ACT_data.mat")
     ids = _strings(mat["panoIds"])
     utm = np.asarray(mat["utm"], np.float64)
     if utm.ndim != 2 or 2 not in utm.shape:
-        raise ValueError(f"{path}: utm must be N×2 (easting, northing), got shape {utm.shape}")
+        raise FormatError(f"{path}: utm must be N×2 (easting, northing), got shape {utm.shape}")
     if utm.shape[1] != 2:
         utm = utm.T
     if utm.shape[0] != len(ids):
-        raise ValueError(f"{path}: {len(ids)} panoIds but {utm.shape[0]} utm rows")
+        raise FormatError(f"{path}: {len(ids)} panoIds but {utm.shape[0]} utm rows")
     out: dict[str, Any] = {"ids": ids, "utm": utm}
     for split, (struct, fld, _) in SPLITS.items():
         try:
@@ -109,11 +111,11 @@ def read_act_mat(path: Path) -> dict[str, Any]:
             continue
         ind = raw.reshape(-1)
         if ind.size and (not np.all(np.isfinite(ind.astype(np.float64))) or np.any(ind != np.round(ind))):
-            out[split] = ValueError(f"{path}: {struct}.{fld} must hold integer indices")
+            out[split] = FormatError(f"{path}: {struct}.{fld} must hold integer indices")
             continue
         ind = ind.astype(np.int64)
         if ind.size and (ind.min() < 1 or ind.max() > len(ids)):
-            out[split] = ValueError(f"{path}: {struct}.{fld} holds index {ind.min() if ind.min() < 1 else ind.max()}"
+            out[split] = FormatError(f"{path}: {struct}.{fld} holds index {ind.min() if ind.min() < 1 else ind.max()}"
                                     f" outside 1..{len(ids)} (MATLAB indices are 1-based)")
             continue
         out[split] = ind - 1
@@ -124,7 +126,7 @@ def load_cvact(root: Path, split: str, *, strict: bool = False, utm_zone: int = 
                name: str = "cvact") -> CrossViewSplit:
     """Read a CVACT split; see the module docstring for the layout."""
     if split not in SPLITS:
-        raise ValueError(f"cvact has splits {sorted(SPLITS)}, got {split!r}")
+        raise InputError(f"cvact has splits {sorted(SPLITS)}, got {split!r}")
     mat_path = root / MAT_FILE
     data = read_act_mat(mat_path)
     ind = data[split]
@@ -136,7 +138,7 @@ def load_cvact(root: Path, split: str, *, strict: bool = False, utm_zone: int = 
         check_name(pid + GROUND_SUFFIX, f"{mat_path}: panoIds[{i + 1}]")
     img_root = root / folder
     if not img_root.is_dir():
-        raise FileNotFoundError(f"cvact: image folder for split {split!r} not found: expected {img_root} "
+        raise MissingFileError(f"cvact: image folder for split {split!r} not found: expected {img_root} "
                                 f"(with {GROUND_DIR}/ and {SAT_DIR}/ inside)")
     index = DirIndex()
     g_ok = np.array(index.exists_many(img_root / GROUND_DIR, [p + GROUND_SUFFIX for p in ids]), bool)

@@ -1,4 +1,4 @@
-"""CVUSA reader (SPEC §6).
+"""CVUSA reader (docs/METHOD.md §6).
 
 Layout::
 
@@ -19,6 +19,8 @@ import numpy as np
 
 from ._io import DirIndex, MalformedRowError, check_relative, read_rows
 from .base import CrossViewSplit, missing_images
+
+from s4g_engine.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +51,18 @@ def read_gps_table(root: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray,
         # fast path: numeric table, ≥4 columns
         table = np.loadtxt(path, delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64, ndmin=2)
     except ValueError:
-        # slow path only to name the offending line
+        # slow path: a byte-order mark, another encoding or a bad row — read line by line and name the line
+        values = []
         for i, line in read_rows(path, "cvusa"):
             parts = line.split(",")
             try:
-                [float(p) for p in parts[:4]]
                 if len(parts) < 4:
                     raise ValueError
+                values.append([float(p) for p in parts[:4]])
             except ValueError:
                 raise MalformedRowError(path, i, line, "≥4 comma-separated numbers: sat_lat,sat_lon,"
                                         "ground_lat,ground_lon,…") from None
-        raise
+        table = np.asarray(values, np.float64).reshape(-1, 4)
     bad = (ids < 1) | (ids > table.shape[0])
     sat, grd = nan, nan.copy()
     ok = ~bad
@@ -74,7 +77,7 @@ def read_gps_table(root: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 def load_cvusa(root: Path, split: str, *, strict: bool = False, name: str = "cvusa") -> CrossViewSplit:
     """Read a CVUSA split; see the module docstring for the layout."""
     if split not in SPLIT_FILES:
-        raise ValueError(f"cvusa has splits {sorted(SPLIT_FILES)}, got {split!r}")
+        raise InputError(f"cvusa has splits {sorted(SPLIT_FILES)}, got {split!r}")
     path = root / SPLIT_FILES[split]
     rows = read_rows(path, "cvusa", hint="CVUSA ships splits/train-19zl.csv and splits/val-19zl.csv; "
                      "copy the 'splits' folder of the CVUSA download into the root")
@@ -107,7 +110,7 @@ def load_cvusa(root: Path, split: str, *, strict: bool = False, name: str = "cvu
     sat_gps, grd_gps, problem = read_gps_table(root, ids[keep])
     if problem:
         if strict:
-            raise FileNotFoundError(f"cvusa: {problem}; place split_locations/all.csv from the CVUSA download "
+            raise MissingFileError(f"cvusa: {problem}; place split_locations/all.csv from the CVUSA download "
                                     "in the root, or load with strict=False (GPS becomes NaN)")
         skipped["gps_unavailable"] = int(np.isnan(grd_gps[:, 0]).sum())
         skipped["gps_problem"] = problem

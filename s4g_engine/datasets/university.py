@@ -1,4 +1,4 @@
-"""University-1652 reader (SPEC §6).
+"""University-1652 reader (docs/METHOD.md §6).
 
 Layout::
 
@@ -22,6 +22,8 @@ import numpy as np
 
 from .base import CrossViewSplit, missing_images
 
+from s4g_engine.errors import FormatError, InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -36,18 +38,18 @@ FOLDERS = {
 def list_class_folder(folder: Path, skipped: dict) -> tuple[list[str], list[int]]:
     """All images under ``folder/<class>/`` sorted by (class, file name) → (paths, class ids)."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"university: folder not found: expected {folder} (with one sub-folder per "
+        raise MissingFileError(f"university: folder not found: expected {folder} (with one sub-folder per "
                                 "class, e.g. 0001/)")
     paths: list[str] = []
     classes: list[int] = []
     with os.scandir(folder) as it:
         class_dirs = sorted((e.name, e.path) for e in it if e.is_dir())
     if not class_dirs:
-        raise FileNotFoundError(f"university: {folder} holds no class folders (expected <class>/ sub-folders)")
+        raise MissingFileError(f"university: {folder} holds no class folders (expected <class>/ sub-folders)")
     other = 0
     for cname, cpath in class_dirs:
         if not cname.isdigit():
-            raise ValueError(f"university: class folder {cpath!r} is not a number; University-1652 class "
+            raise FormatError(f"university: class folder {cpath!r} is not a number; University-1652 class "
                              "folders are named by zero-padded integers (e.g. 0839)")
         cid = int(cname)
         with os.scandir(cpath) as it:
@@ -70,7 +72,7 @@ def load_university(root: Path, name: str, split: str, *, strict: bool = False) 
         split = "test"
     key = (name, split)
     if key not in FOLDERS:
-        raise ValueError(f"{name} has splits ['test', 'train'], got {split!r}")
+        raise InputError(f"{name} has splits ['test', 'train'], got {split!r}")
     qdir, rdir, qview, rview = FOLDERS[key]
     skipped: dict = {}
     q_paths, q_cls = list_class_folder(root / qdir, skipped)

@@ -1,4 +1,4 @@
-"""VIGOR reader, same-area and cross-area (SPEC §6).
+"""VIGOR reader, same-area and cross-area (docs/METHOD.md §6).
 
 Layout::
 
@@ -35,6 +35,8 @@ import numpy as np
 
 from ._io import DirIndex, MalformedRowError, check_name, read_rows
 from .base import CrossViewSplit, missing_images
+
+from s4g_engine.errors import FormatError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +82,13 @@ def read_metres_per_pixel(root: Path) -> float:
     if not meta.is_file():
         return DEFAULT_METRES_PER_PIXEL
     try:
-        value = float(json.loads(meta.read_text())["metres_per_pixel"])
+        value = float(json.loads(meta.read_text(encoding="utf-8-sig"))["metres_per_pixel"])
     except KeyError:
         return DEFAULT_METRES_PER_PIXEL
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{meta}: expected JSON with a positive number 'metres_per_pixel' ({exc})") from exc
+        raise FormatError(f"{meta}: expected JSON with a positive number 'metres_per_pixel' ({exc})") from exc
     if not value > 0:
-        raise ValueError(f"{meta}: metres_per_pixel must be > 0, got {value}")
+        raise FormatError(f"{meta}: metres_per_pixel must be > 0, got {value}")
     return value
 
 
@@ -96,7 +98,7 @@ def cities_for(name: str, split: str) -> tuple[tuple[str, ...], str]:
         return CITIES, f"same_area_balanced_{split}.txt"
     if name == "vigor-cross":
         return (CROSS_TRAIN if split == "train" else CROSS_TEST), "pano_label_balanced.txt"
-    raise ValueError(f"unknown VIGOR variant {name!r}")
+    raise InputError(f"unknown VIGOR variant {name!r}")
 
 
 def _read_label_file(path: Path) -> tuple[list[str], list[list[str]], np.ndarray, list[int]]:
@@ -137,7 +139,7 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
     elif split in ("train", "test"):
         split_file_split = split
     else:
-        raise ValueError(f"{name} has splits ['test', 'train'] ('val' = 'test'), got {split!r}")
+        raise InputError(f"{name} has splits ['test', 'train'] ('val' = 'test'), got {split!r}")
     mpp = float(metres_per_pixel) if metres_per_pixel is not None else read_metres_per_pixel(root)
     cities, label_name = cities_for(name, split_file_split)
     index = DirIndex()
