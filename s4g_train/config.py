@@ -68,6 +68,9 @@ class DataConfig:
     strict: bool = False  # load_split(strict=...)
     max_train: int | None = None  # use only the first N training pairs (smoke runs)
     max_eval: int | None = None  # use only the first N evaluation queries (smoke runs)
+    # hold out this many training pairs (chosen by train.seed; whole reference tiles, so no held-out tile is
+    # trained on) as a validation split for checkpoint selection (eval.select best-val); 0 = none
+    val_from_train: int = 0
     cache_images: bool = False  # decode every image once at the network size and keep it in RAM
     draft: bool = True  # JPEG draft-mode decoding at reduced size
     # resize filter of both views (s4g_engine.preprocess.INTERPOLATIONS, or "backbone" = timm's data config);
@@ -121,7 +124,7 @@ class TrainConfig:
     stop_after_epochs: int | None = None  # stop (as if killed) after this many epochs; resume continues
     save_every_steps: int | None = None  # also checkpoint inside an epoch every N steps
     steps_per_epoch: int | None = None  # cap the number of batches per epoch (smoke runs)
-    final_eval: bool = True  # evaluate the best checkpoint on ``data.eval_split`` at the end
+    final_eval: bool = True  # evaluate the final model (eval.select) once on ``data.eval_split`` at the end
     compile: bool = False  # torch.compile the backbone
     channels_last: bool = False  # NHWC activations: faster on CUDA, slower with bf16 on CPU (measured)
     # fine-tune from: initialise the model weights from this checkpoint (ours or a published Sample4Geo one)
@@ -129,13 +132,24 @@ class TrainConfig:
     init: str | None = None
     init_backbone: str | None = None  # timm name of a reference checkpoint (None = inferred from its shapes)
     init_allow_partial: bool = False  # load only the matching tensors (named in the log); else strict
+    # EMA of the weights (s4g_train/ema.py): decay per step, with the warm-up min(decay, (1+n)/(10+n)). When
+    # set, evaluation, best.pt, final.pt and exports hold the EMA weights; last.pt keeps the raw ones + the EMA
+    ema_decay: float | None = None
+
+
+SELECTIONS = ("auto", "last", "best-val", "best-test")
 
 
 @dataclass
 class EvalConfig:
-    every: int = 4  # evaluate every n epochs (and after the last)
+    every: int = 4  # evaluate every n epochs (and after the last); 0 = only the final evaluation
     batch_size: int = 128
     split: str | None = None  # None = data.eval_split
+    # which weights the run delivers (checkpoints/final.pt; evaluated once on the test split at the end):
+    # last = the last epoch's; best-val = best R@1 on the data.val_from_train split; best-test = best R@1 on
+    # the evaluation split (the paper's protocol: selects on the split it reports, so slightly optimistic).
+    # auto = best-val when data.val_from_train > 0, else best-test when eval.every > 0, else last.
+    select: str = "auto"
 
 
 @dataclass
@@ -353,8 +367,7 @@ def validate(cfg: Config) -> None:
         bad(f"train.label_smoothing={cfg.train.label_smoothing}: must be in [0, 1)")
     if t.init is not None and not os.path.isfile(t.init):
         bad(f"train.init={t.init!r}: no such checkpoint file; give our best.pt/last.pt or a published .pth")
-    if cfg.eval.every < 1:
-        bad(f"eval.every={cfg.eval.every}: must be ≥ 1")
+    _validate_eval(cfg, bad)
     for name, size in (("model.ground_size", cfg.model.ground_size), ("model.aerial_size", cfg.model.aerial_size)):
         if len(size) != 2 or min(size) < 8:
             bad(f"{name}={list(size)}: expected [H, W] with both ≥ 8")
@@ -367,6 +380,39 @@ def validate(cfg: Config) -> None:
     if a.rotate_p > 0 and cfg.model.ground_size[1] % 4:
         bad(f"model.ground_size={list(cfg.model.ground_size)}: panorama width must be divisible by 4 so that "
             "rot90 of the tile matches a roll of W/4 columns; pick a width like 256 or 768")
+
+
+def _validate_eval(cfg: Config, bad: Any) -> None:
+    e = cfg.eval
+    if e.every < 0:
+        bad(f"eval.every={e.every}: must be ≥ 0 (0 = evaluate only once at the end)")
+    if e.select not in SELECTIONS:
+        bad(f"eval.select={e.select!r}: expected one of {SELECTIONS}")
+    if cfg.data.val_from_train < 0:
+        bad(f"data.val_from_train={cfg.data.val_from_train}: must be ≥ 0 (pairs held out for validation)")
+    sel = selection(cfg)
+    if sel == "best-val" and cfg.data.val_from_train == 0:
+        bad("eval.select=best-val needs a validation split: set data.val_from_train to the number of training "
+            "pairs to hold out (e.g. 200)")
+    if sel.startswith("best") and e.every == 0:
+        bad(f"eval.select={e.select} picks the best of the evaluations during training, but eval.every=0 "
+            "evaluates only at the end: set eval.every ≥ 1, or eval.select=last")
+    if cfg.data.val_from_train and sel != "best-val" and e.every == 0:
+        bad(f"data.val_from_train={cfg.data.val_from_train} holds out pairs that are never evaluated "
+            "(eval.every=0): set data.val_from_train=0, or eval.every ≥ 1 with eval.select=best-val")
+    d = cfg.train.ema_decay
+    if d is not None and not 0.0 < d < 1.0:
+        bad(f"train.ema_decay={d}: must lie in (0, 1) (typical 0.99–0.9999), or null for no EMA")
+
+
+def selection(cfg: Config) -> str:
+    """``eval.select`` with ``auto`` resolved: last, best-val or best-test."""
+    s = cfg.eval.select
+    if s != "auto":
+        return s
+    if cfg.data.val_from_train > 0:
+        return "best-val" if cfg.eval.every > 0 else "last"
+    return "best-test" if cfg.eval.every > 0 else "last"
 
 
 def save_yaml(cfg: Config, path: str | os.PathLike[str]) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from s4g_train.config import Config
 from s4g_train.device import autocast_context
+from s4g_train.ema import WeightEMA
 from s4g_train.losses import make_loss
 from s4g_train.lr import CosineWarmup
 from s4g_train.model import S4GModel
@@ -68,6 +69,7 @@ class TrainStep:
         kw = {"label_smoothing": cfg.train.label_smoothing} \
             if cfg.train.loss in ("infonce", "street2sat", "sat2street") else {}
         self.loss_fn = make_loss(cfg.train.loss, **kw)
+        self.ema = WeightEMA.from_config(model, cfg)  # None unless train.ema_decay; its state is the trainer's
 
     def __call__(self, g: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:
         g = g.to(self.device, non_blocking=True)
@@ -84,6 +86,8 @@ class TrainStep:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         with torch.no_grad():  # batch hardness (local part): similarity of each ground's hardest in-batch negative
             sim = ge.detach() @ ae.detach().T
             sim.fill_diagonal_(-2.0)

@@ -9,8 +9,12 @@ device/precision from :mod:`s4g_train.device`, the metrics log from :mod:`s4g_tr
 Under ``torchrun`` every rank builds the same global batch list and takes its slice
 (:func:`s4g_train.dist.split_global_batch`); embeddings are gathered with gradient so the loss sees the whole
 global batch. The run folder holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt`` (full training
-state, written atomically after every epoch and optionally every N steps) and ``checkpoints/best.pt`` (best
-R@1). ``--resume RUN_DIR`` continues bit-identically.
+state, written atomically after every epoch and optionally every N steps), ``checkpoints/best.pt`` (best R@1 on
+the split evaluated during training: a validation split carved from the training data, :mod:`s4g_train.valsplit`,
+else the test split as in the paper) and ``checkpoints/final.pt`` (the delivered model per ``eval.select``: the
+best or the last weights, evaluated once on the test split at the end). With ``train.ema_decay``
+(:mod:`s4g_train.ema`) evaluations, best.pt and final.pt hold the EMA weights; last.pt keeps the raw weights and
+the EMA state. ``--resume RUN_DIR`` continues bit-identically.
 """
 
 from __future__ import annotations
@@ -32,17 +36,19 @@ from s4g_engine.logs import setup_logging
 from s4g_train import checkpoint as ckpt
 from s4g_train import dist
 from s4g_train.budget import TimeBudget
-from s4g_train.config import Config, apply_dict, build_config, load_yaml, save_yaml, set_override, \
+from s4g_train.config import Config, apply_dict, build_config, load_yaml, save_yaml, selection, set_override, \
     split_cli_overrides, validate
 from s4g_train.data import EpochBatchSampler, ImageStore, PairedTrainDataset, ViewDataset, data_contract
 from s4g_train.dataprep import prepare_data
 from s4g_train.device import pick_amp, pick_device
+from s4g_train.ema import restore_ema
 from s4g_train.evaluate import embed_dataset, evaluate_split, format_table, subset_split, torch_embed_fns
 from s4g_train.model import S4GModel
 from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
 from s4g_train.schedule import BatchSchedule, batch_gps_m, gps_table
 from s4g_train.step import TrainStep
+from s4g_train.valsplit import carve_validation
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ def init_dist(cfg: Config) -> dist.DistInfo:
 
 # ----------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Holds the run's objects; :meth:`fit` trains, :meth:`final_eval` evaluates the best checkpoint."""
+    """Holds the run's objects; :meth:`fit` trains, :meth:`finish` delivers and evaluates the final model."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
                  dist_info: dist.DistInfo | None = None) -> None:
@@ -76,6 +82,8 @@ class Trainer:
         self.train_step = TrainStep(self.model, cfg, device=self.device, amp_dtype=self.amp_dtype,
                                     use_scaler=use_scaler, steps_per_epoch=self.steps_per_epoch,
                                     distributed=self.distributed)
+        self.ema = self.train_step.ema  # WeightEMA when train.ema_decay is set (updated by the step)
+        self.select = selection(cfg)  # last | best-val | best-test
         self.schedule = self._make_schedule()
         self.epochs = cfg.train.epochs  # fixed by the config: never re-planned
         self.epoch = 0  # completed epochs
@@ -100,6 +108,10 @@ class Trainer:
         cfg = self.cfg
         self.train_split, self.eval_split, cfg.data.resolved_root = prepare_data(
             cfg, self.main, dist.barrier if self.distributed else None)
+        self.val_split = None
+        if cfg.data.val_from_train:
+            self.train_split, self.val_split = carve_validation(self.train_split, cfg.data.val_from_train,
+                                                                cfg.train.seed)
         if cfg.data.max_train is not None:
             self.train_split = subset_split(self.train_split, cfg.data.max_train)
         self.n = len(self.train_split.queries)
@@ -187,8 +199,8 @@ class Trainer:
             rec = self._train_epoch(e)
             if rec is None:
                 return False
-            if e % cfg.eval.every == 0 or e == self.epochs:
-                self._evaluate(e, max_queries=cfg.data.max_eval)
+            if self._eval_due(e):
+                self._evaluate(e, self.select_split, max_queries=cfg.data.max_eval)
             # DSS: rank 0 mines, every rank receives the same lists (so all build identical global batches)
             upd = self.schedule.after_epoch(e, self.epochs, self._embed_train, progress=self.main) if self.main else {}
             if self.distributed:
@@ -260,12 +272,28 @@ class Trainer:
                     len(self.schedule.batches()), self.run_dir)
 
     # ------------------------------------------------------------------------------ eval & checkpoints
-    def _evaluate(self, e: int, max_queries: int | None = None, split: Any = None,
-                  event: str = "eval") -> dict[str, float]:
+    @property
+    def eval_model(self) -> S4GModel:
+        """The weights that are evaluated, checkpointed as best/final and exported: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def select_split(self) -> Any:
+        """The split evaluated during training: the validation split when configured, else the test split."""
+        return self.val_split if self.val_split is not None else self.eval_split
+
+    def _eval_due(self, e: int) -> bool:
+        """Evaluate after epoch ``e``: every ``eval.every`` epochs, and after the last one when it can be best."""
+        every = self.cfg.eval.every
+        if not every:
+            return False
+        return e % every == 0 or (e == self.epochs and self.select != "last")
+
+    def _evaluate(self, e: int, sp: Any, max_queries: int | None = None, event: str = "eval") -> dict[str, float]:
+        """Evaluate :attr:`eval_model` on split ``sp``; a periodic evaluation (``event="eval"``) may make a new best."""
         res: dict[str, float] = {}
         if self.main:
-            sp = split if split is not None else self.eval_split
-            eg, ea = torch_embed_fns(self.model, self.contract, batch_size=self.cfg.eval.batch_size,
+            eg, ea = torch_embed_fns(self.eval_model, self.contract, batch_size=self.cfg.eval.batch_size,
                                      device=self.device, amp_dtype=self.amp_dtype,
                                      num_workers=self.cfg.data.num_workers,
                                      progress=self.main, stores=self._eval_stores(sp, max_queries))
@@ -276,10 +304,10 @@ class Trainer:
             extra = {"elapsed_s": round(self.elapsed(), 2)} if event == "final" else {}
             self.log.write(event, epoch=e, split=sp.split, **res, **extra)
             log.info("epoch %d eval on %s/%s: R@1 %.2f R@5 %.2f", e, sp.name, sp.split, res["R@1"], res["R@5"])
-            if split is None and res["R@1"] > self.best_r1:
+            if event == "eval" and self.select != "last" and res["R@1"] > self.best_r1:
                 self.best_r1 = res["R@1"]
-                ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
-                                     ckpt.model_payload(self.model, self.cfg.to_dict(), e, res))
+                ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best.pt", ckpt.model_payload(
+                    self.eval_model, self.cfg.to_dict(), e, {**res, "selected_on": sp.split}))
         dist.barrier()
         return res
 
@@ -312,6 +340,8 @@ class Trainer:
             "epoch_losses": list(self.epoch_losses),
             "epoch_hards": list(self.epoch_hards),
         }
+        if self.ema is not None:
+            payload["train_state"]["ema"] = self.ema.state_dict()
         ckpt.save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
 
     def _restore(self, path: Path) -> None:
@@ -325,6 +355,7 @@ class Trainer:
             raise StateError(_epochs_mismatch(path, saved_epochs, self.epochs, legacy))
         self.model.load_state_dict(p["model"])
         self.train_step.load_state_dict(st)
+        restore_ema(self.ema, st.get("ema"), path)
         restore_rng_state(st["rng"])
         if legacy:
             self.schedule.load_legacy(st["sampler"], st["rng"]["sampler"])
@@ -339,12 +370,41 @@ class Trainer:
         log.info("resumed %s at epoch %d, step %d (batch %d of the epoch)%s", path, self.epoch, self.step,
                  self.schedule.pos, " (converted from the old checkpoint layout)" if legacy else "")
 
-    def final_eval(self) -> dict[str, float]:
-        """Evaluate the best checkpoint (or the current weights if none) on the full evaluation split."""
+    def selection_note(self) -> str:
+        """How the delivered model was chosen, in words (for summaries)."""
+        weights = "EMA weights" if self.ema is not None else "weights"
+        if self.select == "last":
+            return f"{weights} of the last epoch (no split was used to choose them)"
+        where = f"the validation split ({len(self.select_split.queries)} training pairs held out)" \
+            if self.select == "best-val" else "the test split itself (paper protocol; slightly optimistic)"
+        return f"{weights} of the epoch with the best R@1 on {where}"
+
+    def finish(self, evaluate: bool = True) -> dict[str, float]:
+        """Deliver the run's model: the best checkpoint or the last (EMA) weights, per ``eval.select``, into
+        ``checkpoints/final.pt``; evaluated once on the full evaluation split first when ``evaluate``.
+
+        Returns the evaluation's metrics ({} when not evaluated). Call after :meth:`fit` returned True.
+        """
         best = self.run_dir / "checkpoints" / "best.pt"
-        if best.is_file():
-            self.model.load_state_dict(ckpt.load_checkpoint(best)["model"])
-        return self._evaluate(self.epoch, max_queries=None, split=self.eval_split, event="final")
+        epoch, how = self.epoch, self.select
+        if self.select != "last" and best.is_file():
+            p = ckpt.load_checkpoint(best)
+            self.eval_model.load_state_dict(p["model"])
+            epoch = int(p["epoch"])
+        elif self.select != "last":
+            log.warning("no best.pt was written (no evaluation during training): delivering the last weights")
+            how = "last"
+        res = self._evaluate(epoch, self.eval_split, max_queries=None, event="final") if evaluate else {}
+        if self.main:
+            meta = {**res, "selection": how, "ema": self.ema is not None, "note": self.selection_note()}
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / "final.pt",
+                                 ckpt.model_payload(self.eval_model, self.cfg.to_dict(), epoch, meta))
+        dist.barrier()
+        return res
+
+    def final_eval(self) -> dict[str, float]:
+        """:meth:`finish` with the evaluation (the name earlier code calls)."""
+        return self.finish(evaluate=True)
 
     def close(self) -> None:
         self.log.close()
@@ -435,13 +495,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         finished = tr.fit()
-        if finished and cfg.train.final_eval:
-            res = tr.final_eval()
-            if tr.main:
+        if finished:
+            res = tr.finish(evaluate=cfg.train.final_eval)
+            if tr.main and res:
                 print(f"\n{cfg.data.dataset} ({tr.eval_split.split} split, {len(tr.eval_split.queries)} queries, "
                       f"{len(tr.eval_split.references)} references) after {tr.epoch} epochs, "
                       f"{tr.elapsed() / 60:.1f} min:")
                 print(format_table({cfg.train.name: res}))
+            if tr.main:
+                print(f"final model: {run_dir / 'checkpoints' / 'final.pt'} — {tr.selection_note()}")
         elif not finished and tr.main:
             why = f"the time budget train.time_budget_min={cfg.train.time_budget_min} was reached; the run was " \
                 "cut, not shortened" if tr.stop_reason == "time_budget" else "train.stop_after_epochs"
