@@ -82,8 +82,11 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--root", help="dataset root (with --dataset)")
     b.add_argument("--split", default="test", help="dataset split (with --dataset)")
     b.add_argument("--index-backend", default="auto",
-                   choices=("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq"))
-    b.add_argument("--out", required=True, help="index file to write (.npz)")
+                   choices=("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq", "milvus"))
+    b.add_argument("--out", help="index file to write (.npz)")
+    from s4g_engine.gallery_build import add_cluster_args
+
+    add_cluster_args(b)  # --ray [--address], --uri for --index-backend milvus
     i = sub.add_parser("info", help="print an index file's metadata")
     i.add_argument("file")
     add_debug_flag(i)
@@ -123,11 +126,19 @@ def index_main(argv: list[str] | None = None) -> int:
         p.error("give either --images DIR --coords CSV, or --dataset NAME --root DIR")
     if args.dataset and not args.root:
         p.error("--dataset needs --root DIR")
-    check_writable(args.out, "--out")  # before any embedding work
+    from s4g_engine import gallery_build
+
+    gallery_build.check_args(p, args)
+    if args.out:
+        check_writable(args.out, "--out")  # before any embedding work
     if args.dataset:
         paths, coords, ids = _dataset_references(args)
     else:
-        paths, coords, ids = read_coords_csv(Path(args.coords), Path(args.images))
+        from s4g_engine.shards import read_tile_list  # CSV, or Parquet
+
+        paths, coords, ids = read_tile_list(args.coords, args.images)
+    if gallery_build.wants_cluster_build(args):
+        return gallery_build.build(args, paths, coords, ids)
     with _localiser(args, index_backend=args.index_backend) as loc:
         t0 = time.perf_counter()
         loc.index_references(paths, coords, ids, progress=True)
@@ -169,7 +180,8 @@ def _print_table(names: Sequence[str], res: Any, truth: np.ndarray | None = None
                 extra = f"  error {float(haversine_m(truth[i, 0], truth[i, 1], c['lat'], c['lon'])):8.1f} m"
             if truth_ids is not None and c["id"] == truth_ids[i]:
                 extra += "  <- the true tile"
-            print(f"  #{c['rank']}  score {c['score']:.4f}  lat {c['lat']:.6f}  lon {c['lon']:.6f}  id {c['id']}{extra}")
+            print(f"  #{c['rank']}  score {c['score']:.4f}  lat {c['lat']:.6f}  lon {c['lon']:.6f}  id {c['id']}"
+                  f"{extra}")
 
 
 def _demo_dir(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[Path, bool]:

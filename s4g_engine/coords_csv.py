@@ -77,8 +77,9 @@ def read_coords_csv(csv_path: Path, images_dir: Path) -> tuple[list[str], np.nda
         if not rel:
             raise MalformedRowError(csv_path, line_no, raw, "an image path relative to --images, got an empty field")
         rel = check_relative(rel, where)  # PathEscapeError for absolute paths and '..'
-        lat = _number(row[col["lat"]].strip(), "latitude", -90.0, 90.0, csv_path, line_no, raw)  # type: ignore[index]
-        lon = _number(row[col["lon"]].strip(), "longitude", -180.0, 180.0, csv_path, line_no, raw)  # type: ignore[index]
+        lat_text, lon_text = row[col["lat"]].strip(), row[col["lon"]].strip()  # type: ignore[index]
+        lat = _number(lat_text, "latitude", -90.0, 90.0, csv_path, line_no, raw)
+        lon = _number(lon_text, "longitude", -180.0, 180.0, csv_path, line_no, raw)
         p = images_dir / rel
         if p.is_dir():
             raise NotAFileError(f"{where}: {str(p)!r} is a folder; expected an image file")

@@ -21,6 +21,7 @@ __all__ = [
     "StateError",
     "NotAFileError",
     "FileAccessError",
+    "InputTypeError",
 ]
 
 
@@ -67,3 +68,7 @@ class NotAFileError(InputError, IsADirectoryError):
 class FileAccessError(S4GError, PermissionError):
     """A file or folder exists but this process may not read or write it (permissions, read-only disk)."""
 
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type altogether (e.g. an int where an image was expected)."""

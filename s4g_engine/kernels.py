@@ -272,6 +272,9 @@ def topk_similarity(queries: Any, refs: Any, k: int, *, exclude: Any = None) -> 
     q = _float_matrix("queries", queries, allow_half=False)
     r = _float_matrix("refs", refs, allow_half=True)
     _check_pair(q, r)
+    from s4g_engine.limits import check_k  # LimitError for a k that would allocate Q·k beyond the limits
+
+    check_k(k, r.shape[0], q.shape[0])
     _check_finite("queries", q)
     _check_finite("refs", r)
     ex = None if exclude is None else _ids("exclude", exclude, q.shape[0], r.shape[0], pad_ok=True)

@@ -37,12 +37,15 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, InputTypeError, S4GError
+from s4g_engine.imagecheck import (BYTES_TYPES, check_array_layout, check_image_path, describe_source,
+                                   open_image)
+from s4g_engine.limits import check_pixels
 
 log = logging.getLogger(__name__)
 
 #: What the engine accepts as one image.
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 #: Resize filters a contract may name (Pillow's).
 INTERPOLATIONS = {
@@ -299,6 +302,7 @@ def _describe(image: Any) -> str:
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     """uint8/uint16 ``(H, W)``, ``(H, W, 1|2|3|4)`` → uint8 ``(H, W, 3)``."""
+    check_array_layout(arr)  # a channels-first (C, H, W) array is refused, not read as a C-pixel-tall image
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)  # 16-bit → 8-bit by dropping the low byte (PIL does the same)
     elif arr.dtype == np.bool_:
@@ -410,6 +414,7 @@ def _fast_jpeg(path: Path, draft_size: Sequence[int] | None) -> np.ndarray | Non
         return None
     try:
         h, w, colorspace, _ = sj.decode_jpeg_header(data)
+        check_pixels(w, h, str(path))  # too large: Pillow's path below refuses it with the LimitError
         if colorspace not in ("YCbCr", "Gray"):
             return None
         s = 1
@@ -438,13 +443,14 @@ def _open(path: Path, draft_size: Sequence[int] | None, size: Sequence[int] | No
     """Decode an image file (JPEG draft to ≥ ``draft_size`` = (H, W), EXIF orientation applied), resized to
     ``size`` unless None. Everything happens while the file is open: Pillow invalidates a closed image.
     JPEG files go through :func:`_fast_jpeg` first (identical pixels, faster)."""
-    if not path.is_file():
-        raise MissingFileError(f"image {str(path)!r} does not exist")
-    fast = _fast_jpeg(path, draft_size) if path.suffix.lower() not in _NOT_JPEG else None
+    encoded = isinstance(path, BYTES_TYPES)  # the bytes of an image file, as a web service holds them
+    if not encoded:
+        check_image_path(path)  # missing, a folder, a device, too many bytes (pixels: open_image, _fast_jpeg)
+    fast = _fast_jpeg(path, draft_size) if not encoded and path.suffix.lower() not in _NOT_JPEG else None
     if fast is not None:
         return fast if size is None else resize_uint8(fast, size, interpolation)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if draft_size is not None and img.format in _DRAFT_FORMATS:
                 h, w = int(draft_size[0]), int(draft_size[1])
                 turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED
@@ -453,8 +459,10 @@ def _open(path: Path, draft_size: Sequence[int] | None, size: Sequence[int] | No
             oriented = ImageOps.exif_transpose(img) if img.getexif().get(_EXIF_ORIENTATION, 1) != 1 else img
             rgb = _pil_to_rgb(oriented)
             return np.asarray(rgb, dtype=np.uint8) if size is None else resize_uint8(rgb, size, interpolation)
+    except S4GError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptFileError(f"cannot decode image {str(path)!r} (corrupt, truncated or not an image): "
+        raise CorruptFileError(f"cannot decode {describe_source(path)} (corrupt, truncated or not an image): "
                                f"{exc}") from exc
 
 
@@ -463,13 +471,16 @@ def _decode(image: ImageLike, draft_size: Sequence[int] | None = None, size: Seq
     """Any accepted image → uint8 ``(h, w, 3)`` RGB, resized to ``size`` = (H, W) unless None."""
     if isinstance(image, (str, os.PathLike)):
         return _open(Path(image), draft_size, size, interpolation)
+    if isinstance(image, BYTES_TYPES):
+        return _open(image, draft_size, size, interpolation)
     if isinstance(image, np.ndarray):
         rgb: np.ndarray | Image.Image = _array_to_rgb(image)
     elif isinstance(image, Image.Image):
         rgb = _pil_to_rgb(image)
     else:
-        raise TypeError(f"expected an image path, a PIL image or a uint8 numpy array (H, W, 3), got "
-                        f"{_describe(image)}")
+        raise InputTypeError(f"expected an image path, encoded image bytes, a PIL image or a uint8 numpy array "
+                             f"(H, W, 3), got "
+                             f"{_describe(image)}")
     return np.asarray(rgb, dtype=np.uint8) if size is None else resize_uint8(rgb, size, interpolation)
 
 
@@ -496,7 +507,7 @@ def as_image_list(images: Any) -> list[ImageLike]:
         if images.ndim == 4:
             return list(images)
         return [images]
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if isinstance(images, (str, os.PathLike, Image.Image, *BYTES_TYPES)):
         return [images]
     if isinstance(images, (list, tuple)):
         out = list(images)
@@ -504,8 +515,9 @@ def as_image_list(images: Any) -> list[ImageLike]:
         try:
             out = list(images)
         except TypeError:
-            raise TypeError(f"expected an image path, a PIL image or a uint8 array (H, W, 3), or a list of them; "
-                            f"got {type(images).__name__}") from None
+            raise InputTypeError(f"expected an image path, image bytes, a PIL image or a uint8 array (H, W, 3), "
+                                 f"or a list of them; "
+                                 f"got {type(images).__name__}") from None
     if not out:
         raise InputError("empty batch: expected at least one image (path, PIL image or uint8 array)")
     return out

@@ -63,7 +63,8 @@ def load_split(name: str, root: str | os.PathLike, split: str, *, strict: bool =
         raise InputError(f"split must be train, val or test, got {split!r}")
     r = Path(root).expanduser()
     if not r.is_dir():
-        raise MissingFileError(f"{name}: dataset root {r} is not a directory; expected the dataset folder (see DATASETS.md)")
+        raise MissingFileError(f"{name}: dataset root {r} is not a directory; expected the dataset folder (see "
+                               "DATASETS.md)")
     r = r.resolve()
     allowed: dict[str, set[str]] = {"cvusa": set(), "cvact": {"utm_zone", "utm_south"},
                                     "vigor": {"metres_per_pixel"}, "university": set()}
