@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s4g_engine import inverse_polar, polar_transform
+from s4g_engine import _core, get_num_threads, inverse_polar, polar_transform, set_num_threads
+
+# uint8 with C ≤ 4 takes the AVX2 gather path unless the level is "generic" (the scalar path).
+POLAR_LEVELS = [lv for lv in ("avx2", "generic") if lv in _core.available_simd_levels().split(",")]
+
+
+@pytest.fixture(params=POLAR_LEVELS)
+def polar_level(request: pytest.FixtureRequest):
+    _core.set_simd_level(request.param)
+    yield request.param
+    _core.set_simd_level("auto")
 
 
 def polar_ref(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -55,11 +65,28 @@ def inverse_ref(p: np.ndarray, a: int, fill: float) -> np.ndarray:
 
 @pytest.mark.parametrize("a,h,w,c", [(1, 1, 1, 1), (1, 3, 5, 3), (2, 2, 4, 3), (7, 5, 9, 1), (32, 16, 64, 3),
                                      (33, 17, 50, 4), (64, 32, 128, 2), (40, 64, 32, 5)])
-def test_polar_uint8_matches_reference(rng: np.random.Generator, a: int, h: int, w: int, c: int) -> None:
+def test_polar_uint8_matches_reference(rng: np.random.Generator, polar_level: str, a: int, h: int, w: int,
+                                       c: int) -> None:
     img = rng.integers(0, 256, (a, a, c), dtype=np.uint8)
     out = polar_transform(img, h, w)
     assert out.shape == (h, w, c) and out.dtype == np.float32
     np.testing.assert_allclose(out, polar_ref(img, h, w), atol=2e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2), (5, 1), (2, 3)])
+@pytest.mark.parametrize("c", [1, 3, 4])
+def test_polar_uint8_batches_and_threads(rng: np.random.Generator, polar_level: str, batch: int, threads: int,
+                                         c: int) -> None:
+    """Whole images per thread (with the next image prefetched) and images split across threads."""
+    img = rng.integers(0, 256, (batch, 96, 96, c), dtype=np.uint8)
+    before = get_num_threads()
+    set_num_threads(threads)
+    try:
+        out = polar_transform(img, 40, 130, mean=[0.4] * c, std=[0.25] * c)
+    finally:
+        set_num_threads(before)
+    for b in range(batch):
+        np.testing.assert_allclose(out[b], (polar_ref(img[b], 40, 130) / 255 - 0.4) / 0.25, atol=1e-4)
 
 
 def test_polar_batch_float_and_normalisation(rng: np.random.Generator) -> None:
