@@ -22,6 +22,7 @@ __all__ = [
     "NotAFileError",
     "FileAccessError",
     "InputTypeError",
+    "OutputExistsError",
 ]
 
 
@@ -72,3 +73,7 @@ class FileAccessError(S4GError, PermissionError):
 
 class InputTypeError(InputError, TypeError):
     """An argument has the wrong type altogether (e.g. an int where an image was expected)."""
+
+
+class OutputExistsError(S4GError, FileExistsError):
+    """An output path already holds something that the operation would overwrite or mix with."""

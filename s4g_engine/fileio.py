@@ -22,7 +22,7 @@ from typing import IO, Any
 from s4g_engine.errors import FileAccessError, NotAFileError
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_with", "fsync_dir",
-           "check_writable"]
+           "check_writable", "publish_folder"]
 
 
 def _umask() -> int:
@@ -131,3 +131,47 @@ def check_writable(path: str | os.PathLike[str], what: str = "output file") -> P
         raise FileAccessError(f"{what} {str(p)!r}: the folder {str(parent)!r} is not writable by this user; "
                               "choose another location or fix its permissions")
     return p
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system or kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_folder(tmp: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Make the finished folder ``tmp`` (a sibling of ``out``) become ``out`` in one step.
+
+    A missing ``out`` is a plain rename; an existing one is swapped atomically where the OS can
+    (``renameat2(RENAME_EXCHANGE)``), so a crash or ``kill -9`` at any moment leaves either the complete old
+    folder or the complete new one at ``out``; the old content is then deleted. Elsewhere the old folder is
+    renamed aside first (a window of a few microseconds without ``out``). Permissions become
+    ``0o777 & ~umask`` (``mkdtemp`` creates 0700).
+    """
+    import shutil
+
+    tmp_p, out_p = Path(tmp), Path(out)
+    os.chmod(tmp_p, 0o777 & ~_umask())
+    if not out_p.exists():
+        os.rename(tmp_p, out_p)
+    elif _exchange(tmp_p, out_p):
+        shutil.rmtree(tmp_p, ignore_errors=True)  # tmp now holds the old content
+    else:
+        old = out_p.with_name(f".{out_p.name}.old-{os.getpid()}")
+        os.rename(out_p, old)
+        os.rename(tmp_p, out_p)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(out_p.parent)

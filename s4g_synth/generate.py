@@ -72,8 +72,12 @@ class GeneratorConfig:
         h, w = self.pano_size
         if not (8 <= h <= 4096 and 16 <= w <= 8192):
             raise InputError(f"pano_size: expected (height 8..4096, width 16..8192), got {self.pano_size}")
-        if self.tile_res <= 0 or self.world_res <= 0:
-            raise InputError(f"tile_res/world_res must be > 0 metres per pixel, got {self.tile_res}/{self.world_res}")
+        if not (math.isfinite(self.tile_res) and math.isfinite(self.world_res)) or self.tile_res <= 0 \
+                or self.world_res <= 0:
+            raise InputError(f"tile_res/world_res must be finite and > 0 metres per pixel, got {self.tile_res}/"
+                             f"{self.world_res}")
+        if not 0.0 <= self.conditions <= 1.0:  # also refuses NaN
+            raise InputError(f"conditions: expected 0 (none) .. 1 (full variation), got {self.conditions}")
         extent = self.tile_size * self.tile_res
         if extent > 0.4 * self.district_m:
             raise InputError(f"tile extent {extent:.0f} m (tile_size × tile_res) is too large for districts of "
