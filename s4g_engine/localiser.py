@@ -12,13 +12,14 @@ the model fingerprint. Loading verifies every listed file against its sha256.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +34,10 @@ from s4g_engine.limits import check_batch
 from s4g_engine.preprocess import BatchPipeline, DataContract, ImageLike, ViewSpec, as_image_list
 
 log = logging.getLogger(__name__)
+
+#: ``precision=``: auto (CPU: fastest at full accuracy, see s4g_engine.backends; GPU: fp16 when present),
+#: fp32, fp16 (GPU graphs), bf16 (OpenVINO on bf16 CPUs), int8 (an int8 graph from s4g-export --cpu-int8).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,14 +122,19 @@ class Localiser:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         self.batch_size = check_batch(int(batch_size))
-        if precision not in ("auto", "fp32", "fp16"):
-            raise InputError(f"precision must be 'auto', 'fp32' or 'fp16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         # The data contract the model was trained with: every image is preprocessed by it (s4g_engine.preprocess).
         self.contract = DataContract.from_config(config["views"])
         self.specs: dict[str, ViewSpec] = {view: self.contract[view] for view in VIEWS}
         self.encoders: dict[str, Encoder] = {}
+        self.encoder_choice: dict[str, dict[str, Any]] = {}  # per view: runtime, precision, why (calibration)
         for view in VIEWS:
+            if self._cpu_runtime_choice(view, device, backend, precision):
+                self.encoders[view] = self._open_cpu_encoder(view, backend, precision, threads)
+                continue
             files = self._view_files(view, device, backend, precision)
+            self.encoder_choice[view] = {"runtime": backend, "precision": precision, "source": "requested"}
             self.encoders[view] = open_view_encoder(self.root, view, files, self.specs[view], self.embed_dim,
                                                     backend=backend, device=device, threads=threads)
         self.index_backend = index_backend
@@ -132,6 +142,55 @@ class Localiser:
         self._index_lock = threading.Lock()  # load_index swaps the index only once the new one is valid
         self._closed = False
         self._pipeline = BatchPipeline(decode_threads)
+        self._id_cache: tuple[ReferenceIndex, int, np.ndarray] | None = None
+
+    def _cpu_runtime_choice(self, view: str, device: str, backend: str, precision: str) -> bool:
+        """Whether ``view`` runs on the CPU runtime chosen by measurement (:mod:`s4g_engine.backends`) rather
+        than on a GPU provider / TensorRT engine."""
+        if backend == "openvino" or precision in ("bf16", "int8"):
+            return True
+        if backend == "tensorrt" or precision == "fp16" or device in ("cuda", "tensorrt"):
+            return False
+        if device == "cpu":
+            return True
+        from s4g_engine.encoders import tensorrt_available
+
+        engines = (self.config["views"][view].get("files") or {}).get("tensorrt")
+        return not (_has_gpu_provider() or (engines and tensorrt_available()))
+
+    def _open_cpu_encoder(self, view: str, backend: str, precision: str, threads: int | None) -> Encoder:
+        """The CPU encoder of ``view``: ``backend``/``precision`` as asked, or for ``auto`` the fastest runtime
+        at full accuracy on this CPU, calibrated once and cached (:func:`s4g_engine.backends.runtime.cpu_encoder`)."""
+        from s4g_engine.backends.runtime import cpu_encoder, installed_runtimes
+        from s4g_engine.backends.selection import Candidate
+
+        spec, vfiles = self.specs[view], dict(self.config["views"][view].get("files") or {})
+        graphs = {"fp32": view_model_files(self.root, self.config, view)["fp32"]}
+        if isinstance(vfiles.get("int8"), str):
+            graphs["int8"] = self._listed_graph(view, vfiles["int8"])
+        prebuilt: dict[Any, Any] = {}
+        if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32") and "onnxruntime" in installed_runtimes():
+            # The float32 ONNX Runtime session is the reference path: built (and its failures reported) as always.
+            prebuilt[Candidate("onnxruntime", "fp32", "fp32")] = open_view_encoder(
+                self.root, view, [graphs["fp32"]], spec, self.embed_dim, backend="onnxruntime", device="cpu",
+                threads=threads)
+        shas = {str(n): str(m.get("sha256", "")) for n, m in (self.config.get("files") or {}).items()}
+        enc, choice = cpu_encoder(graphs, {g: shas.get(str(vfiles.get(g)), "") for g in graphs},
+                                  prepare=spec.normalise_batch, stage_hw=spec.stage_size, backend=backend,
+                                  precision=precision, threads=threads, batch_size=self.batch_size,
+                                  prebuilt=prebuilt)
+        self.encoder_choice[view] = choice.to_dict()
+        return enc
+
+    def _listed_graph(self, view: str, rel: str) -> Path:
+        """A graph file named in ``views.<view>.files`` that is also listed (so sha256-verified) under ``files``."""
+        from s4g_engine.bundle import bundle_path
+
+        where = f"{self.root / 'config.json'}: views.{view}.files"
+        if rel not in (self.config.get("files") or {}):
+            raise MissingFileError(f"{where}: {rel!r} is not listed under 'files' with its sha256, so it cannot be "
+                                   "verified; re-export the bundle with s4g-export")
+        return bundle_path(self.root, rel, where)
 
     def _view_files(self, view: str, device: str, backend: str, precision: str) -> list[Path]:
         """Candidate model files of ``view`` in order of preference; every one is listed (verified) in the
@@ -184,16 +243,23 @@ class Localiser:
         self.close()
 
     # -- embedding --------------------------------------------------------------------------------------
-    def _embed(self, images: Any, view: str, *, progress: bool | None = None,
-               timings: dict[str, float] | None = None) -> np.ndarray:
-        self._check_open()
-        imgs = as_image_list(images)
+    def _encoded(self, imgs: Sequence[ImageLike], view: str, timings: dict[str, float], *,
+                 progress: bool | None = None, pipelined: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, embeddings)`` per batch, in input order, adding the stage times to ``timings``.
+
+        ``pipelined``: decode + preprocess run on the decode pool, batches ahead of the encoder (a bounded
+        queue of :attr:`BatchPipeline.prefetch` batches), so the encoder does not wait for them; otherwise
+        each batch is prepared on the calling thread right before it is encoded (the same batches, so the
+        same results). ``decode_s`` = time the encoder waited for its input; ``decode_work_s`` /
+        ``preprocess_work_s`` = the decode pool's own work (overlapped with the encoder when pipelined).
+        """
         spec, enc = self.specs[view], self.encoders[view]
-        out = np.empty((len(imgs), self.embed_dim), dtype=np.float32)
         bar = _progress(len(imgs), progress, f"embed {view}")
+        work: dict[str, float] = {}
         t_wait = t_enc = 0.0
         pos = 0
-        it = self._pipeline.batches(imgs, spec, self.batch_size)
+        it = (self._pipeline.batches(imgs, spec, self.batch_size, stats=work) if pipelined else
+              self._pipeline.batches_inline(imgs, spec, self.batch_size, stats=work))
         try:
             while True:
                 t0 = time.perf_counter()
@@ -206,18 +272,27 @@ class Localiser:
                 if emb.shape != (batch.shape[0], self.embed_dim):
                     raise RuntimeError(f"{view} encoder returned {emb.shape}, expected ({batch.shape[0]}, "
                                        f"{self.embed_dim}); the bundle is inconsistent, re-export it")
-                out[pos:pos + batch.shape[0]] = emb
-                pos += batch.shape[0]
                 t_wait += t1 - t0
                 t_enc += t2 - t1
+                yield pos, emb
+                pos += batch.shape[0]
                 if bar is not None:
                     bar.update(batch.shape[0])
         finally:
+            if hasattr(it, "close"):
+                it.close()  # cancels the batches still queued (an error or an abandoned generator)
             if bar is not None:
                 bar.close()
-        if timings is not None:
-            timings["decode_s"] = timings.get("decode_s", 0.0) + t_wait
-            timings["encode_s"] = timings.get("encode_s", 0.0) + t_enc
+            for key, val in (("decode_s", t_wait), ("encode_s", t_enc), *work.items()):
+                timings[key] = timings.get(key, 0.0) + val
+
+    def _embed(self, images: Any, view: str, *, progress: bool | None = None,
+               timings: dict[str, float] | None = None) -> np.ndarray:
+        self._check_open()
+        imgs = as_image_list(images)
+        out = np.empty((len(imgs), self.embed_dim), dtype=np.float32)
+        for pos, emb in self._encoded(imgs, view, {} if timings is None else timings, progress=progress):
+            out[pos:pos + emb.shape[0]] = emb
         return out
 
     def embed_ground(self, images: ImageLike | Sequence[ImageLike], *, progress: bool | None = None) -> np.ndarray:
@@ -267,8 +342,13 @@ class Localiser:
         return len(new)
 
     # -- query ------------------------------------------------------------------------------------------
-    def localise(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> LocaliseResult:
-        """Top-``k`` reference tiles for each ground image (see :class:`LocaliseResult`)."""
+    def localise(self, images: ImageLike | Sequence[ImageLike], k: int = 5, *,
+                 pipelined: bool = True) -> LocaliseResult:
+        """Top-``k`` reference tiles for each ground image (see :class:`LocaliseResult`).
+
+        Decode → preprocess → encode → search are overlapped (``pipelined``, the default); ``pipelined=False``
+        runs the same batches one stage after another on the calling thread, with identical results.
+        """
         t0 = time.perf_counter()
         self._check_open()
         index = self.index  # one index for the whole call, even if load_index swaps it meanwhile
@@ -278,18 +358,69 @@ class Localiser:
                              "load_index(path) first")
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 or k > n_index:
             raise InputError(f"k must be an integer in [1, {n_index}] (the index size), got {k!r}")
+        imgs = as_image_list(images)
         timings: dict[str, float] = {}
-        q = self._embed(images, "ground", timings=timings)
-        t1 = time.perf_counter()
-        scores, idx = index.search(q, int(k))
-        timings["search_s"] = time.perf_counter() - t1
+        scores = np.empty((len(imgs), int(k)), np.float32)
+        idx = np.empty((len(imgs), int(k)), np.int64)
+        t_search = 0.0
+        # Each batch is searched as soon as it is embedded (one call into the index per batch) while the
+        # decode pool prepares the next ones; the search keeps half the cores so it does not oversubscribe them.
+        with _kernel_threads(_search_threads()):
+            for pos, emb in self._encoded(imgs, "ground", timings, pipelined=pipelined):
+                t1 = time.perf_counter()
+                scores[pos:pos + emb.shape[0]], idx[pos:pos + emb.shape[0]] = index.search(emb, int(k))
+                t_search += time.perf_counter() - t1
+        timings["search_s"] = t_search
         # An approximate (IVF-PQ) search may find fewer than k candidates: faiss pads with −1.
         missing = idx < 0
-        coords = index.coords[np.where(missing, 0, idx)]
-        coords[missing] = np.nan
-        ids = [[index.ids[j] if j >= 0 else "" for j in row] for row in idx.tolist()]
+        if hasattr(index, "lookup"):  # a gallery that keeps coords and ids outside this process (Milvus)
+            coords, ids = index.lookup(idx)
+        else:
+            coords = index.coords[np.where(missing, 0, idx)]
+            coords[missing] = np.nan
+            ids = self._id_table(index)[idx].tolist()  # row −1 of the table is "", the id of a missing candidate
         timings["total_s"] = time.perf_counter() - t0
+        timings["other_s"] = max(0.0, timings["total_s"] - timings["decode_s"] - timings["encode_s"] - t_search)
         return LocaliseResult(scores=scores, indices=idx, ids=ids, coords=coords, timings=timings)
+
+    def _id_table(self, index: ReferenceIndex) -> np.ndarray:
+        """The index's ids as an object array with ``""`` appended (so that index −1 gives ``""``), built once
+        per index state: turning a ``(Q, k)`` index array into ids is then one gather, not a Python loop."""
+        n = len(index)
+        cached = self._id_cache
+        if cached is None or cached[0] is not index or cached[1] != n:
+            table = np.empty(n + 1, dtype=object)
+            table[:-1] = index.ids[:n]
+            table[-1] = ""
+            cached = self._id_cache = (index, n, table)
+        return cached[2]
+
+
+def _search_threads() -> int:
+    """Kernel threads for the per-batch search inside ``localise``: half the usable CPUs (at least 1). The
+    decode pool and the encoder's threads are busy at the same time; OpenMP threads that wait at a barrier
+    for a descheduled peer make an oversubscribed search many times slower (indicative: 32 queries × 10,000
+    references on 2 busy cores, ~140 ms with 2 threads vs ~15 ms with 1)."""
+    from s4g_engine.backends.cpu import usable_cpus
+
+    return max(1, usable_cpus() // 2)
+
+
+@contextlib.contextmanager
+def _kernel_threads(n: int) -> Iterator[None]:
+    """Run the block with at most ``n`` compiled-core (OpenMP) threads. OpenMP's thread count is a per-thread
+    setting, so this changes nothing for other threads; the caller's setting is restored afterwards."""
+    from s4g_engine import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    if n >= before:
+        yield
+        return
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
 
 
 def _has_gpu_provider() -> bool:

@@ -11,7 +11,22 @@ ONNX Runtime (CPU, CUDA, TensorRT providers) and native TensorRT engines live in
 from __future__ import annotations
 
 from s4g_engine.backends.cpu import CpuInfo, detect_cpu
-from s4g_engine.backends.selection import COSINE_FP32, COSINE_REDUCED, Candidate, ChoiceCache, Measurement, choose
+from s4g_engine.backends.selection import (
+           COSINE_FP32,
+           COSINE_REDUCED,
+           Candidate,
+           ChoiceCache,
+           Measurement,
+           choose,
+)
 
-__all__ = ["CpuInfo", "detect_cpu", "Candidate", "Measurement", "ChoiceCache", "choose", "COSINE_FP32",
-           "COSINE_REDUCED"]
+__all__ = [
+           "COSINE_FP32",
+           "COSINE_REDUCED",
+           "Candidate",
+           "ChoiceCache",
+           "CpuInfo",
+           "Measurement",
+           "choose",
+           "detect_cpu",
+]

@@ -5,16 +5,27 @@ See :mod:`s4g_engine.backends.selection` for the rules."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from s4g_engine.backends.cpu import CpuInfo, detect_cpu
-from s4g_engine.backends.openvino_encoder import OPENVINO_MISSING, OpenVinoEncoder, openvino_available
-from s4g_engine.backends.selection import (Candidate, ChoiceCache, calibrate, calibration_batch, choose,
-                                           plan_candidates)
+from s4g_engine.backends.openvino_encoder import (
+    OPENVINO_MISSING,
+    OpenVinoEncoder,
+    openvino_available,
+)
+from s4g_engine.backends.selection import (
+    Candidate,
+    ChoiceCache,
+    calibrate,
+    calibration_batch,
+    choose,
+    plan_candidates,
+)
 from s4g_engine.errors import DependencyError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
 """``s4g-bench encoder``: encoder images/s — torch eager fp32, torch bf16 autocast, ONNX Runtime fp32 and its
-fp16 / int8 variants — on the same random batch, each with its cosine against eager fp32.
+fp16 / int8 variants, OpenVINO fp32 / bf16 (when installed) — on the same random batch, each with its cosine
+against eager fp32, timed back to back in interleaved rounds (load on a shared machine hits all alike).
+The CPU kind (AVX2 / AVX-512 / bf16 / VNNI / AMX, read from the OS) is in the output: which path wins
+depends on it (OpenVINO's bf16 path needs native bf16; int8 needs VNNI/AMX to pay off).
 
 The model is a random-init S4GModel (``--backbone``, ``--size H W``; random weights time exactly like
 trained ones) exported with :func:`s4g_train.export.export_bundle`, or an existing checkpoint
@@ -85,6 +88,41 @@ def _quantize_int8(src: Path, dst: Path, size: tuple[int, int], seed: int) -> bo
     return True
 
 
+def _interleaved(fns: list[Callable[[], Any]], *, min_time: float, min_rounds: int = 3) -> list[float]:
+    """Median seconds per call of each ``fn``, timed round-robin (one call of each per round) after one warm-up
+    each, until ``min_time`` has passed: contenders compared back to back see the same machine load."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < min_rounds or time.perf_counter() - start < min_time:
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
+
+
+def _openvino_rows(graphs: dict[str, Path], x: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """OpenVINO fp32 and bf16 on the fp32 graph, int8 on the int8 graph (what the engine's auto choice tries)."""
+    from s4g_engine.backends.openvino_encoder import OpenVinoEncoder, openvino_available
+
+    if not openvino_available():
+        log.info("openvino is not installed: no OpenVINO rows (pip install 's4g[openvino]')")
+        return []
+    rows = []
+    for prec, graph in (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8 (static QDQ)")):
+        if graph in graphs:
+            try:
+                enc = OpenVinoEncoder(graphs[graph], precision=prec, threads=args.threads)
+                enc(x)  # compiles the static shape
+            except Exception as exc:  # noqa: BLE001 - a graph OpenVINO cannot compile is reported, not fatal
+                log.warning("openvino %s: cannot run %s (%s)", prec, graphs[graph].name, str(exc).splitlines()[-1:])
+                continue
+            rows.append({"path": f"openvino {prec}", "kind": "engine", "fn": lambda enc=enc: enc(x)})
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
@@ -140,10 +178,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                     label = f"onnxruntime {name}" + ("" if prov == "CPUExecutionProvider" else f" [{prov}]")
                     rows.append({"path": label, "kind": "engine", "fn": ort_run})
-            for row in rows:
-                fn = row.pop("fn")
+            rows += _openvino_rows(graphs, x_np, args)
+            fns = [row.pop("fn") for row in rows]
+            for row, fn in zip(rows, fns):
                 row["cosine_vs_fp32"] = _cos(fn(), ref)
-                sec = timeit(fn, min_time=args.min_time)
+            for row, sec in zip(rows, _interleaved(fns, min_time=args.min_time * len(fns))):
                 row["images_per_s"] = args.batch / sec
                 log.info("%-40s %8.1f images/s  cos %.6f", row["path"], row["images_per_s"], row["cosine_vs_fp32"])
     best_torch = max(r["images_per_s"] for r in rows if r["kind"] == "torch")
@@ -151,7 +190,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["ratio_vs_fastest_torch"] = r["images_per_s"] / best_torch
     ok = [r for r in rows if r["kind"] == "engine" and r["cosine_vs_fp32"] >= 0.999]
     best = max(ok, key=lambda r: r["images_per_s"]) if ok else None
-    return {"bench": "encoder", "backbone": model.cfg.backbone, "input_size": list(size), "batch": args.batch,
+    from s4g_engine.backends.cpu import detect_cpu
+
+    cpu = detect_cpu()
+    return {"bench": "encoder", "cpu": cpu.to_dict(), "backbone": model.cfg.backbone, "input_size": list(size),
+            "batch": args.batch,
             "threads": args.threads, "rows": rows, "fastest_torch_images_per_s": best_torch,
             "best_engine": best["path"] if best else None,
             "target_engine_vs_torch": 1.0, "achieved": best["ratio_vs_fastest_torch"] if best else 0.0,
@@ -174,7 +217,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("images / s")
     ax.set_title(f"encoder {results['backbone']} {results['input_size'][0]}×{results['input_size'][1]}, batch "
-                 f"{results['batch']}, {results['threads']} threads")
+                 f"{results['batch']}, {results['threads']} threads, CPU {results['cpu']['kind']}")
     save_chart(fig, path)
 
 
@@ -204,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path':44s} {'images/s':>10s} {'× torch':>8s} {'cosine':>10s}")
     for r in res["rows"]:
         print(f"{r['path']:44s} {r['images_per_s']:10.1f} {r['ratio_vs_fastest_torch']:8.2f} {r['cosine_vs_fp32']:10.6f}")
+    print(f"CPU: {res['cpu']['model']} ({res['cpu']['kind']}); figures from a shared machine are indicative only")
     print(f"best engine path at cosine ≥ 0.999: {res['best_engine']} = {res['achieved']:.2f}× the fastest torch path "
           f"(target ≥ 1.0×); wrote {out} and {out.with_suffix('.png')}")
     return 0
