@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from s4g_train.bench.encoder import machine_info, write_results
 from s4g_train.bench import save_chart
+from s4g_train.bench.encoder import machine_info
+from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         args.backends = ["exact", *args.backends]  # the baseline
     args.backends = ["exact", *[b for b in args.backends if b != "exact"]]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    guard = RunGuard.start(args.threads)
     res = run(args)
+    guard.finish(res)
     out = Path(args.out)
     write_results(out, res)
     chart(res, out.with_suffix(".png"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.warmup = 4, 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    guard = RunGuard.start(args.threads or os.cpu_count())
     res = run(args)
+    guard.finish(res)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_results(out, res)
     print(f"{'loop':60s} {'s/step':>8s} {'pairs/s':>8s} {'× ref':>6s}")
     for r in res["rows"]:
         print(f"{r['loop']:60s} {r['s_per_step']:8.3f} {r['pairs_per_s']:8.1f} {r['speedup_vs_reference_as_is']:6.2f}")
