@@ -139,6 +139,13 @@ class ReferenceIndex:
     lazily on the next ``search``/``save``. Safe to use from several threads (see the module docstring).
     """
 
+    def __new__(cls, dim: int = 0, *, backend: str = "auto", uri: str | None = None, **kw: Any) -> Any:
+        if backend == "milvus":  # a new gallery in Milvus (s4g_engine.milvus_backend); __init__ is not run
+            from s4g_engine.milvus_backend import create_index
+
+            return create_index(dim, uri, **kw)
+        return super().__new__(cls)
+
     def __init__(self, dim: int, *, backend: str = "auto", fingerprint: str | None = None,
                  nlist: int | None = None, pq_m: int | None = None, nprobe: int = 32, use_gpu: bool = True) -> None:
         if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
@@ -337,7 +344,12 @@ class ReferenceIndex:
         (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model).
         """
         from s4g_engine.index_file import read_index
+        from s4g_engine.milvus_backend import is_milvus_uri
 
+        if is_milvus_uri(path):  # a Milvus gallery: a server URI or a Milvus Lite .db file
+            from s4g_engine.milvus_backend import MilvusIndex
+
+            return MilvusIndex.open(str(path), expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)
         meta, arrays, faiss_index = read_index(path, expected_fingerprint=expected_fingerprint,
                                                expected_dim=expected_dim)
         params = dict(meta["params"])
