@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from s4g_engine.errors import DependencyError, InputError, StateError
+from s4g_engine.index_file import import_faiss, read_index, write_index
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,6 @@ BACKENDS = ("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq")
 AUTO_FP16_MIN = 2_000_000
 AUTO_IVFPQ_MIN = 10_000_000
 MAX_DIM = 1 << 16
-
-
-def import_faiss() -> Any:
-    """``import faiss`` without its loader's INFO noise ("Could not load library with AVX2 support ...", which
-    only says which of its builds it picked); a clear error when faiss is missing."""
-    loader = logging.getLogger("faiss.loader")
-    if loader.level == logging.NOTSET:
-        loader.setLevel(logging.WARNING)
-    try:
-        import faiss
-    except ImportError as exc:
-        raise DependencyError(f"this index backend needs faiss ({exc}); install the engine extra: "
-                              "pip install 's4g[engine]' (faiss-cpu), or use the 'exact' backend") from exc
-    return faiss
 
 
 def faiss_gpus() -> int:
@@ -330,8 +317,6 @@ class ReferenceIndex:
         The content is a snapshot taken under the lock, so concurrent ``add`` calls cannot make the file's
         parts disagree; the file replaces ``path`` only once it is complete.
         """
-        from s4g_engine.index_file import write_index
-
         write_index(path, self.snapshot())
         log.info("saved %s index of %d references to %s", self.backend, len(self), path)
 

@@ -15,6 +15,7 @@ coordinates, non-finite embeddings, a damaged faiss payload — each is a :class
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import (CorruptFileError, FileAccessError, FormatError, MissingFileError, ModelMismatchError,
-                               NotAFileError, S4GError)
+from s4g_engine.errors import (CorruptFileError, DependencyError, FileAccessError, FormatError, MissingFileError,
+                               ModelMismatchError, NotAFileError, S4GError)
 from s4g_engine.fileio import atomic_write_with
 
-__all__ = ["FORMAT", "VERSION", "write_index", "read_index"]
+__all__ = ["FORMAT", "VERSION", "write_index", "read_index", "import_faiss"]
 
 FORMAT = "s4g-index"
 VERSION = 1
@@ -36,6 +37,20 @@ _REBUILD = "rebuild it with `s4g-index build`"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _MAX_META = 1 << 20
 _MAX_RATIO = 1000  # a compressed member may not expand more than this (zip bomb)
+
+
+def import_faiss() -> Any:
+    """``import faiss`` without its loader's INFO noise ("Could not load library with AVX2 support ...", which
+    only says which of its builds it picked); a clear error when faiss is missing."""
+    loader = logging.getLogger("faiss.loader")
+    if loader.level == logging.NOTSET:
+        loader.setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as exc:
+        raise DependencyError(f"this index backend needs faiss ({exc}); install the engine extra: "
+                              "pip install 's4g[engine]' (faiss-cpu), or use the 'exact' backend") from exc
+    return faiss
 
 
 def write_index(path: str | os.PathLike[str], snap: dict[str, Any]) -> None:
@@ -165,8 +180,6 @@ def _check_embeddings(data: dict[str, np.ndarray], meta: dict[str, Any], p: Path
 
 
 def _load_faiss(data: dict[str, np.ndarray], meta: dict[str, Any], p: Path) -> Any:
-    from s4g_engine.index import import_faiss
-
     faiss = import_faiss()
     n, dim, backend = meta["count"], meta["dim"], meta["backend"]
     payload = data.get("faiss")

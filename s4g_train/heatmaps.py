@@ -36,9 +36,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+from s4g_train.vizopts import MODES, ROWS  # noqa: E402,F401  (torch-free home of the CLI's choices)
+
 Mode = Literal["activation", "gradcam"]
-MODES: tuple[str, ...] = ("activation", "gradcam")
-ROWS: tuple[str, ...] = ("full", "below-horizon")
 
 
 @dataclass(frozen=True)

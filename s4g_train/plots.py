@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,10 +23,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from s4g_engine.errors import FormatError, InputError, MissingFileError  # noqa: E402
+from s4g_engine.fileio import atomic_write_text, atomic_write_with  # noqa: E402
+from s4g_train.vizopts import CMAPS  # noqa: E402,F401
+
 log = logging.getLogger(__name__)
 
 DPI = 100
-CMAPS = ("inferno", "viridis", "turbo", "magma", "plasma", "cividis")
 _GOOD, _BAD, _NEUTRAL = "#1a9850", "#d73027", "#404040"
 _M, _TITLE, _LABEL = 10, 64, 26  # margin, title band, panel-label band (pixels)
 
@@ -67,14 +69,14 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, cmap: str = "inferno", alpha
     img = np.asarray(image)
     h = np.asarray(heat, dtype=np.float64)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {img.dtype} {img.shape}")
+        raise InputError(f"expected a uint8 RGB image (H, W, 3), got {img.dtype} {img.shape}")
     if h.shape != img.shape[:2]:
-        raise ValueError(f"heatmap shape {h.shape} does not match the image {img.shape[:2]}: upsample the map to "
+        raise InputError(f"heatmap shape {h.shape} does not match the image {img.shape[:2]}: upsample the map to "
                          "the image size first")
     if cmap not in CMAPS:
-        raise ValueError(f"colormap {cmap!r} is not one of the perceptual maps {CMAPS}")
+        raise InputError(f"colormap {cmap!r} is not one of the perceptual maps {CMAPS}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     valid = np.isfinite(h)
     rgb = matplotlib.colormaps[cmap](np.clip(np.where(valid, h, 0.0), 0.0, 1.0))[..., :3] * 255.0
     out = img.astype(np.float64)
@@ -84,18 +86,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, cmap: str = "inferno", alpha
 
 
 def _save(fig: plt.Figure, out: str | os.PathLike[str]) -> Path:
-    """savefig to a temp file in the target folder, then ``os.replace`` (atomic)."""
+    """savefig atomically (s4g_engine.fileio: temporary file, then rename), then close the figure."""
     p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the pixel size stays as designed
-        os.replace(tmp, p)
+        # no bbox_inches="tight": the pixel size stays as designed
+        atomic_write_with(p, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 
@@ -190,7 +187,7 @@ def render_candidates(query: QueryPanel, cands: Sequence[CandidatePanel], out: s
     """One PNG: the query panorama with its heatmap, then one column per candidate tile (tile, tile heatmap,
     the query's heatmap projected onto it), framed green/red when correctness is known."""
     if not cands:
-        raise ValueError("render_candidates needs at least one candidate tile")
+        raise InputError("render_candidates needs at least one candidate tile")
     n = len(cands)
     W, H = candidates_figure_size(query.image.shape[:2], n)
     c = _Canvas(W, H)
@@ -236,38 +233,33 @@ def write_gallery_html(out_dir: str | os.PathLike[str], sections: dict[str, list
             parts.append(f"<figure><a href='{src}'><img src='{src}' loading='lazy'></a>"
                          f"<figcaption>{html.escape(str(it['caption']))}</figcaption></figure>")
     p = Path(out_dir) / "index.html"
-    _atomic_text(p, "\n".join(parts) + "\n")
+    atomic_write_text(p, "\n".join(parts) + "\n")
     return p
-
-
-def _atomic_text(p: Path, text: str) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, p)
 
 
 # ------------------------------------------------------------------------------------------------- curves
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Parse ``metrics.jsonl`` (one JSON object per line; blank lines ignored); errors name ``file:line``."""
+    from s4g_engine.datasets._io import read_text_lines
+
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
     if not p.is_file():
-        raise FileNotFoundError(f"metrics file {str(p)!r} does not exist (expected runs/<name>/metrics.jsonl)")
+        raise MissingFileError(f"metrics file {str(p)!r} does not exist; expected runs/<name>/metrics.jsonl (or "
+                               "the run folder)")
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}:{n}: not a JSON object ({exc.msg}); each line must be one JSON object") from exc
-            if not isinstance(row, dict) or "event" not in row:
-                raise ValueError(f"{p}:{n}: expected a JSON object with an 'event' field ('epoch' or 'eval')")
-            rows.append(row)
+    for n, line in enumerate(read_text_lines(p, "metrics file"), 1):  # UTF-8 (BOM ok), size-limited
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{p}:{n}: not a JSON object ({exc.msg}); expected one JSON object per line") from exc
+        if not isinstance(row, dict) or "event" not in row:
+            raise FormatError(f"{p}:{n}: expected a JSON object with an 'event' field ('epoch' or 'eval'), got "
+                              f"{line.strip()[:80]!r}")
+        rows.append(row)
     return rows
 
 
@@ -292,7 +284,7 @@ def render_curves(metrics: str | os.PathLike[str], out: str | os.PathLike[str], 
     epochs = [r for r in rows if r["event"] == "epoch"]
     evals = [r for r in rows if r["event"] == "eval"]
     if not epochs and not evals:
-        raise ValueError(f"{metrics}: no 'epoch' or 'eval' events to plot")
+        raise FormatError(f"{metrics}: no 'epoch' or 'eval' events to plot; expected the metrics.jsonl of a run")
     W, H = CURVES_SIZE
     fig, axes = plt.subplots(2, 2, figsize=(W / DPI, H / DPI), dpi=DPI)
     fig.suptitle(title or str(metrics), fontsize=12)

@@ -18,20 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
-from tqdm import tqdm
 
-from s4g_train.heatmaps import MODES, ROWS, BundleSource, TorchSource, normalise, project_panorama, upsample
-from s4g_train.plots import CMAPS, CandidatePanel, QueryPanel, render_candidates, render_curves, render_pair, \
-    write_gallery_html
+from s4g_engine.console import add_debug_flag, cli_main
+from s4g_engine.errors import InputError, MissingFileError
+from s4g_engine.fileio import atomic_write_text, check_writable
+from s4g_engine.logs import setup_logging
+# torch (heatmaps) and matplotlib (plots) are imported where they are used, so that the parser and --help
+# of s4g-viz import neither.
+from s4g_train.vizopts import CMAPS, MODES, ROWS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from s4g_train.heatmaps import BundleSource, TorchSource
+    from s4g_train.plots import CandidatePanel, QueryPanel
 
 log = logging.getLogger(__name__)
 
-Source = Union[TorchSource, BundleSource]
+Source = Union["TorchSource", "BundleSource"]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -45,11 +51,14 @@ def open_source(*, checkpoint: str | None = None, bundle: str | None = None, bac
     Reference checkpoints do not store their input sizes: unless given, they are the paper's for
     ``dataset`` (``s4g_train.reference.paper_input_sizes``), else the :class:`ModelConfig` defaults.
     """
+    from s4g_train.heatmaps import BundleSource, TorchSource
+
     if (checkpoint is None) == (bundle is None):
-        raise ValueError("give exactly one model source: --checkpoint CKPT (a .pt/.pth) or --bundle DIR (an export)")
+        raise InputError("give exactly one model source: --checkpoint CKPT (a .pt/.pth) or --bundle DIR (an export)")
     if bundle is not None:
         if ground_size or aerial_size:
-            raise ValueError("--ground-size/--aerial-size apply to checkpoints only: a bundle's config.json fixes them")
+            raise InputError("--ground-size/--aerial-size apply to checkpoints only: a bundle's config.json fixes "
+                             "them")
         return BundleSource(bundle)
     from s4g_train.checkpoint import load_model
 
@@ -78,17 +87,20 @@ def _square(tile_size: Sequence[int]) -> int | None:
 # --------------------------------------------------------------------------------------------- explain
 def explain(source: Source, query: str, references: Sequence[str], *, mode: str = "gradcam", rows: str = "full",
             horizon: float = 0.5, labels: Sequence[str] | None = None,
-            correct: Sequence[bool | None] | None = None) -> tuple[QueryPanel, list[CandidatePanel]]:
+            correct: Sequence[bool | None] | None = None) -> tuple["QueryPanel", list["CandidatePanel"]]:
     """Heatmaps of ``query`` against each reference tile.
 
     Returns the query panel (its heatmap is the one for ``references[0]``; the channel-mean map does not
     depend on the reference) and one candidate panel per reference with its own heatmap and the query's
     heatmap for that pair projected onto it (NaN outside the inscribed circle).
     """
+    from s4g_train.heatmaps import normalise, project_panorama, upsample
+    from s4g_train.plots import CandidatePanel, QueryPanel
+
     if not references:
-        raise ValueError("explain needs at least one reference tile")
+        raise InputError("explain needs at least one reference tile")
     if mode not in source.modes:
-        raise ValueError(f"heatmap mode {mode!r} is not available from {source.name}; choose one of {source.modes}"
+        raise InputError(f"heatmap mode {mode!r} is not available from {source.name}; choose one of {source.modes}"
                          + ("" if mode not in ("gradcam",) else " (gradient-weighted maps need gradients, which only a "
                             "torch checkpoint gives: use --checkpoint)"))
     g_img, gx = source.load_ground(query)
@@ -120,6 +132,8 @@ def visualise_pair(source: Source, query: str, reference: str, out: str, *, mode
                    correct: bool | None = None, rows: str = "full", horizon: float = 0.5, cmap: str = "inferno",
                    alpha: float = 0.5) -> tuple[Path, float]:
     """Write the pair figure; returns (PNG path, cosine similarity)."""
+    from s4g_train.plots import render_pair
+
     q, (c,) = explain(source, query, [reference], mode=mode, rows=rows, horizon=horizon,
                       labels=["reference"], correct=[correct])
     return render_pair(q, c, out, cmap=cmap, alpha=alpha, mode=mode), c.similarity
@@ -127,6 +141,8 @@ def visualise_pair(source: Source, query: str, reference: str, out: str, *, mode
 
 def embed_paths(source: Source, paths: Sequence[str], view: str, batch_size: int = 16, desc: str = "") -> np.ndarray:
     """Embed image files → float32 ``(N, D)``, with a progress bar."""
+    from tqdm import tqdm
+
     load = source.load_ground if view == "ground" else source.load_aerial
     out = []
     for i in tqdm(range(0, len(paths), batch_size), desc=desc or f"embed {view}", unit="batch",
@@ -150,8 +166,10 @@ def visualise_topk(source: Source, query: str, references: Sequence[str], out: s
                    positive: int | None = None, mode: str = "gradcam", rows: str = "full", horizon: float = 0.5,
                    cmap: str = "inferno", alpha: float = 0.5) -> tuple[Path, np.ndarray]:
     """Rank ``references``, render the top-``k`` (right/wrong marked when ``positive`` index is known)."""
+    from s4g_train.plots import render_candidates
+
     if k < 1:
-        raise ValueError(f"k must be ≥ 1, got {k}")
+        raise InputError(f"k must be ≥ 1, got {k}")
     _, idx = rank_references(source, query, references, k)
     correct = [None if positive is None else bool(i == positive) for i in idx]
     q, cands = explain(source, query, [references[i] for i in idx], mode=mode, rows=rows, horizon=horizon,
@@ -170,12 +188,15 @@ def gallery(source: Source, split: Any, out_dir: str, *, n: int = 8, seed: int =
     """Evaluate ``split`` (a :class:`~s4g_engine.datasets.CrossViewSplit`), draw ``n`` random false and ``n``
     random correct top-1 predictions, write ``false_*.png``/``correct_*.png``, ``index.html``, ``summary.json``.
     Returns the summary (R@1 over the evaluated queries, chosen query indices)."""
+    from tqdm import tqdm
+
     from s4g_engine import topk_similarity
+    from s4g_train.plots import render_candidates, write_gallery_html
 
     out = Path(out_dir)
     nq = len(split.queries) if max_queries is None else min(max_queries, len(split.queries))
     if nq == 0 or not split.references:
-        raise ValueError(f"split {split.name}/{split.split} has {nq} queries and {len(split.references)} references")
+        raise InputError(f"split {split.name}/{split.split} has {nq} queries and {len(split.references)} references")
     q = embed_paths(source, split.queries[:nq], "ground", desc="embed queries")
     r = embed_paths(source, split.references, "aerial", desc="embed references")
     scores, idx = topk_similarity(q, r, 1)
@@ -204,9 +225,7 @@ def gallery(source: Source, split: Any, out_dir: str, *, n: int = 8, seed: int =
                "false": [int(i) for i in false_ids], "correct": [int(i) for i in true_ids], "seed": seed}
     write_gallery_html(out, sections, f"{split.name} {split.split}: R@1 {summary['R@1']:.2f}% over {nq} queries "
                        f"({source.name}, {mode})")
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
@@ -220,9 +239,10 @@ def _list_images(items: Sequence[str]) -> list[str]:
         elif p.is_file():
             out.append(str(p))
         else:
-            raise FileNotFoundError(f"reference {it!r} is neither an image file nor a folder")
+            raise MissingFileError(f"reference {it!r} is neither an image file nor a folder; expected tiles or a "
+                                   "folder of tiles")
     if not out:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) found in {list(items)}")
+        raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) found in {list(items)}")
     return out
 
 
@@ -275,15 +295,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", help="runs/<name>/metrics.jsonl (or the run folder)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="")
+    for sp in sub.choices.values():
+        add_debug_flag(sp)
     return ap
 
 
+def _topk_inputs(args: argparse.Namespace) -> tuple[str, list[str], int | None]:
+    """(query, references, index of the true reference or None) of ``s4g-viz topk``."""
+    if args.dataset:
+        if args.query or args.references:
+            raise InputError("s4g-viz topk: give either --dataset/--root/--query-index or --query/--references")
+        if not args.root:
+            raise InputError("s4g-viz topk: --dataset needs --root DIR")
+        from s4g_engine.datasets import load_split
+
+        split = load_split(args.dataset, args.root, args.split)
+        if not 0 <= args.query_index < len(split.queries):
+            raise InputError(f"--query-index {args.query_index} is outside 0..{len(split.queries) - 1}")
+        return split.queries[args.query_index], list(split.references), int(split.positive[args.query_index])
+    if not (args.query and args.references):
+        raise InputError("s4g-viz topk: give --query and --references (or --dataset/--root)")
+    refs = _list_images(args.references)
+    pos = None
+    if args.positive:
+        matches = [i for i, r in enumerate(refs) if Path(r).resolve() == Path(args.positive).resolve()]
+        if not matches:
+            raise InputError(f"--positive {args.positive!r} is not among the {len(refs)} references")
+        pos = matches[0]
+    return args.query, refs, pos
+
+
+@cli_main("s4g-viz")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    if args.cmd != "gallery":  # a folder for gallery, a file for the others: checked before any model work
+        check_writable(args.out, "--out")
     if args.cmd == "curves":
+        from s4g_train.plots import render_curves
+
         print(render_curves(args.metrics, args.out, title=args.title))
         return 0
+    if getattr(args, "k", 1) < 1 or getattr(args, "n", 1) < 1:
+        raise InputError("--k and --n must be >= 1")
     source = open_source(checkpoint=args.checkpoint, bundle=args.bundle, backbone=args.backbone,
                          allow_partial=args.allow_partial, ground_size=args.ground_size, aerial_size=args.aerial_size,
                          dataset=getattr(args, "dataset", None), device=args.device)
@@ -295,25 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{png}  cosine similarity {sim:.4f}")
         return 0
     if args.cmd == "topk":
-        if args.dataset:
-            if args.query or args.references:
-                raise SystemExit("s4g-viz topk: give either --dataset/--root/--query-index or --query/--references")
-            from s4g_engine.datasets import load_split
-
-            split = load_split(args.dataset, args.root, args.split)
-            if not 0 <= args.query_index < len(split.queries):
-                raise SystemExit(f"--query-index {args.query_index} is outside 0..{len(split.queries) - 1}")
-            query, refs, pos = split.queries[args.query_index], list(split.references), int(split.positive[args.query_index])
-        else:
-            if not (args.query and args.references):
-                raise SystemExit("s4g-viz topk: give --query and --references (or --dataset/--root)")
-            query, refs = args.query, _list_images(args.references)
-            pos = None
-            if args.positive:
-                matches = [i for i, r in enumerate(refs) if Path(r).resolve() == Path(args.positive).resolve()]
-                if not matches:
-                    raise SystemExit(f"--positive {args.positive!r} is not among the {len(refs)} references")
-                pos = matches[0]
+        query, refs, pos = _topk_inputs(args)
         png, idx = visualise_topk(source, query, refs, args.out, k=args.k, positive=pos, **style)
         print(f"{png}  top-{len(idx)}: " + ", ".join(Path(refs[i]).name for i in idx))
         return 0

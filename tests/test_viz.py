@@ -275,9 +275,8 @@ def test_cli_pair_and_topk(tmp_path, ckpt, pair_files):
                  "--positive", str(r), "--k", "3", "--out", str(out), "--mode", "activation"]) == 0
     with Image.open(out) as im:
         assert im.size == candidates_figure_size(GROUND, 3)
-    with pytest.raises(SystemExit):
-        main(["topk", "--checkpoint", str(p), "--query", str(q), "--references", str(refs),
-              "--positive", str(r), "--out", str(out)])  # positive not among the references
+    assert main(["topk", "--checkpoint", str(p), "--query", str(q), "--references", str(refs),
+                 "--positive", str(r), "--out", str(out)]) == 2  # positive not among the references: one line
 
 
 def test_cli_gallery_on_a_cvusa_layout(tmp_path, ckpt):
