@@ -25,7 +25,9 @@ from . import DATASET_NAMES, SPLITS, family, load_split
 from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
 from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
 
+from s4g_engine.console import add_debug_flag, cli_main
 from s4g_engine.errors import InputError
+from s4g_engine.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +135,14 @@ def _sample_images(paths: list[str], n: int) -> list[str]:
 
 def _inspect_images(rep: SplitReport, expected: dict[str, tuple[int, int]], view: str, paths: list[str],
                     root: Path, n: int) -> None:
-    from PIL import Image
+    from s4g_engine.imagecheck import open_image
 
     sizes: Counter[str] = Counter()
     shapes: dict[tuple[int, int], int] = {}
     bad: list[str] = []
     for p in _sample_images(paths, n):
         try:
-            with Image.open(p) as im:
+            with open_image(p) as im:  # header checks (pixels, bytes) before decoding
                 wh = im.size
                 im.draft("RGB", (max(1, wh[0] // 8), max(1, wh[1] // 8)))  # JPEG: decode at 1/8 (fast)
                 im.load()
@@ -305,19 +307,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@cli_main("s4g-data")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s4g-data", description="Dataset folder tools.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     ck = sub.add_parser("check", help="check a dataset folder and say what to fix")
     ck.add_argument("--dataset", required=True, choices=CHECK_NAMES)
     ck.add_argument("--root", required=True, help="the dataset folder")
-    ck.add_argument("--json", action="store_true", help="print the report as JSON")
+    ck.add_argument("--json", action="store_true", help="print the report as (strict) JSON")
     ck.add_argument("--sample", type=int, default=8, help="images decoded per view and split (default 8)")
+    add_debug_flag(ck)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    setup_logging(quiet=True)
     report = check_dataset(args.dataset, args.root, sample=max(1, args.sample))
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1, allow_nan=False))
     else:
         print(format_report(report))
     return 0 if report["usable"] else 1
