@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from s4g_engine.console import cli_main
+
 SUBCOMMANDS: dict[str, str] = {
     "kernels": "compiled core vs cv2.remap / faiss / torch / NumPy (polar, top-k, positive ranks)",
     "encoder": "encoder backends (torch, ONNX Runtime fp32/fp16/int8) images/s",
@@ -36,6 +38,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+@cli_main("s4g-bench")  # one line + exit 2 for user errors (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
