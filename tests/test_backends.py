@@ -218,10 +218,10 @@ def _candidates_here() -> list[Candidate]:
 
 
 @pytest.mark.parametrize("cand", _candidates_here(), ids=lambda c: c.label)
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 4, 5])  # OpenVINO: static shapes 4 and 1, the dynamic one for 5
 def test_every_backend_matches_the_torch_model(bundle, cand, batch):
     out, model, _ = bundle
-    enc = rt.build_candidate(cand, out / "ground.onnx", threads=None)
+    enc = rt.build_candidate(cand, out / "ground.onnx", threads=None, batch_size=4)
     g = torch.Generator().manual_seed(1000 + batch)
     for _ in range(2):  # two calls: a compiled shape is reused
         x = torch.randn(batch, 3, *GROUND, generator=g)

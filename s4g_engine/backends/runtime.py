@@ -69,10 +69,12 @@ def runtime_versions() -> dict[str, str]:
     return vers
 
 
-def build_candidate(c: Candidate, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The encoder of candidate ``c`` over the graph file ``path``."""
+def build_candidate(c: Candidate, path: Path, threads: int | None,
+                    batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """The encoder of candidate ``c`` over the graph file ``path`` (OpenVINO: compiled for ``batch_size``)."""
     if c.runtime == "openvino":
-        return OpenVinoEncoder(path, precision=c.precision, threads=threads)
+        return OpenVinoEncoder(path, precision=c.precision, threads=threads, static_batches=(int(batch_size), 1),
+                               compile_now=True)
     from s4g_engine.encoders import OrtEncoder
 
     return OrtEncoder(path, device="cpu", threads=threads)
@@ -106,7 +108,7 @@ def cpu_encoder(graphs: Mapping[str, Path], shas: Mapping[str, str], *,
     ready = dict(prebuilt or {})
 
     def build(c: Candidate) -> Any:
-        return ready.pop(c) if c in ready else build_candidate(c, Path(graphs[c.graph]), threads)
+        return ready.pop(c) if c in ready else build_candidate(c, Path(graphs[c.graph]), threads, batch_size)
 
     if len(cands) == 1:
         return build(cands[0]), CpuEncoderChoice(cands[0], "only", cpu_kind=cpu.kind)

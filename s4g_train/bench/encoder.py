@@ -114,7 +114,8 @@ def _openvino_rows(graphs: dict[str, Path], x: np.ndarray, args: argparse.Namesp
     for prec, graph in (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8 (static QDQ)")):
         if graph in graphs:
             try:
-                enc = OpenVinoEncoder(graphs[graph], precision=prec, threads=args.threads)
+                enc = OpenVinoEncoder(graphs[graph], precision=prec, threads=args.threads,
+                                      static_batches=(x.shape[0],))
                 enc(x)  # compiles the static shape
             except Exception as exc:  # noqa: BLE001 - a graph OpenVINO cannot compile is reported, not fatal
                 log.warning("openvino %s: cannot run %s (%s)", prec, graphs[graph].name, str(exc).splitlines()[-1:])
