@@ -77,6 +77,15 @@ class DataConfig:
     # part of the data contract the exported bundle records. bilinear = what every run before this field used.
     interpolation: str = "bilinear"
     num_workers: int = 0
+    persistent_workers: bool = True  # keep the training loader's workers from epoch to epoch (num_workers > 0)
+    prefetch_factor: int = 2  # batches each loader worker prepares ahead (num_workers > 0)
+    # GPU input path (s4g_train/feed.py). null = auto: with CUDA the loader ships uint8 images in pinned memory
+    # and the device normalises them (and flips/rotates/rolls them when no photometric step follows) — the same
+    # values as the CPU path; on a CPU device the loader normalises. true/false force it on/off on any device.
+    device_preprocess: bool | None = None
+    # decoder of the RAM image cache and of un-augmented embedding: pil (the data contract's) or nvjpeg (CUDA:
+    # torchvision.io.decode_jpeg on the GPU + antialiased resize; close to, not bit-identical with, the contract)
+    decode: str = "pil"
     aug: AugConfig = field(default_factory=AugConfig)
     resolved_root: str | None = None  # set by the trainer: the folder actually read (synthetic: generated one)
 
@@ -126,7 +135,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap the number of batches per epoch (smoke runs)
     final_eval: bool = True  # evaluate the final model (eval.select) once on ``data.eval_split`` at the end
     compile: bool = False  # torch.compile the backbone
-    channels_last: bool = False  # NHWC activations: faster on CUDA, slower with bf16 on CPU (measured)
+    # NHWC activations; null = auto: on with CUDA (faster), off on a CPU (bf16 NHWC is slower there, measured)
+    channels_last: bool | None = None
     # fine-tune from: initialise the model weights from this checkpoint (ours or a published Sample4Geo one)
     # before training; fresh optimiser and schedule (not a resume). Ignored on --resume (last.pt wins).
     init: str | None = None
@@ -338,6 +348,10 @@ def validate(cfg: Config) -> None:
         bad(f"train.amp={cfg.train.amp!r}: expected one of {AMP_MODES}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         bad(f"train.device={cfg.train.device!r}: expected auto, cpu or cuda")
+    if cfg.data.decode not in ("pil", "nvjpeg"):
+        bad(f"data.decode={cfg.data.decode!r}: expected pil (the data contract's decoder) or nvjpeg (CUDA)")
+    if cfg.data.prefetch_factor < 1:
+        bad(f"data.prefetch_factor={cfg.data.prefetch_factor}: must be ≥ 1")
     s = cfg.sampling
     if s.K < 1 or s.k < 0 or s.k > s.K:
         bad(f"sampling.k={s.k}, sampling.K={s.K}: need 0 ≤ k ≤ K and K ≥ 1 (paper: k=64, K=128)")

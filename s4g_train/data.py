@@ -6,6 +6,10 @@
   **−r·W/4** columns; photometric noise per view (albumentations 2).
 * :class:`ViewDataset` — one view for evaluation/mining: the contract's preprocessing only.
 
+Both can also stop before normalisation and ship the uint8 stage images (``output="stage"`` / ``"raw"``,
+``ViewDataset(uint8=True)``): :mod:`s4g_train.feed` then finishes the batch on the GPU
+(:mod:`s4g_train.device_aug`) with the same values.
+
 Decoding, resizing, the polar transform and normalisation are :mod:`s4g_engine.preprocess` — the one
 implementation serving uses too (:class:`~s4g_engine.preprocess.ViewSpec`). Augmentation happens in between,
 on the resized uint8 image (``ViewSpec.load`` → augment → ``ViewSpec.normalise``). The contract of a run
@@ -24,6 +28,7 @@ items, so augmentation is identical whatever the number of workers, and a resume
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
@@ -38,12 +43,16 @@ from s4g_train.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONE", "EpochBatchSampler", "ImageStore", "PairedTrainDataset", "ViewDataset", "build_contract",
+__all__ = ["BACKBONE", "OUTPUTS", "EpochBatchSampler", "ImageStore", "PairedTrainDataset", "ViewDataset", "build_contract",
            "checkpoint_contract", "data_contract", "geometric", "load_image", "photometric", "polar_source_size",
            "polar_tensor", "to_tensor"]
 
 #: ``data.interpolation`` value that takes the resize filter from the backbone's timm data config.
 BACKBONE = "backbone"
+#: What a :class:`PairedTrainDataset` item holds: ``float`` = the normalised network inputs (the CPU path);
+#: ``stage`` = augmented uint8 stage images (polar views still normalised); ``raw`` = un-augmented uint8
+#: stage images plus the geometric draws, for the device to apply (s4g_train/feed.py).
+OUTPUTS = ("float", "stage", "raw")
 
 
 def build_contract(model_cfg: ModelConfig, backbone_data_config: Mapping[str, Any], *,
@@ -130,17 +139,30 @@ def geometric(ground: np.ndarray, aerial: np.ndarray, flip: bool, r: int) -> tup
     return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)
 
 
+def _decode_threads() -> int:
+    """Threads that fill an image cache: up to 8, never more than the CPUs this process may use."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, min(8, n))
+
+
 class ImageStore:
     """Images of one view loaded to the contract's stage size (``spec.load``), optionally all at once into RAM
-    (``cache=True``)."""
+    (``cache=True``). ``decode="nvjpeg"`` fills the cache through the GPU decoder (s4g_train/gpu_decode.py)."""
 
     def __init__(self, paths: Sequence[str], spec: ViewSpec, *, cache: bool = False, desc: str = "decode",
-                 threads: int = 2) -> None:
+                 threads: int | None = None, decode: str = "pil") -> None:
         self.paths = list(paths)
         self.spec = spec
         self.size = spec.stage_size
+        self.decode = decode
         self._cache: np.ndarray | None = None
-        if cache and self.paths:
+        self._rows: np.ndarray | None = None  # a subset store's rows of the shared cache
+        threads = threads or _decode_threads()
+        if cache and self.paths and decode == "nvjpeg":
+            from s4g_train.gpu_decode import load_stage_batch
+
+            self._cache = load_stage_batch(self.paths, spec, desc=desc)
+        elif cache and self.paths:
             arr = np.empty((len(self.paths), *self.size, 3), np.uint8)
 
             def one(i: int) -> None:
@@ -157,12 +179,34 @@ class ImageStore:
         return (self.spec.stage_size, self.spec.interpolation, self.spec.jpeg_draft) == \
             (spec.stage_size, spec.interpolation, spec.jpeg_draft)
 
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
+
+    def subset(self, ids: Sequence[int] | np.ndarray) -> "ImageStore":
+        """The images ``ids`` of this store, sharing its RAM cache (no decoding, no copy)."""
+        ids = np.asarray(ids, np.int64)
+        sub = ImageStore.__new__(ImageStore)
+        sub.paths, sub.spec, sub.size, sub.decode = [self.paths[i] for i in ids], self.spec, self.size, self.decode
+        sub._cache = self._cache
+        sub._rows = ids if self._rows is None else self._rows[ids]
+        return sub
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """Cached images ``start:stop`` as one uint8 ``(n, H, W, 3)`` array (a view when the rows are
+        contiguous in the cache)."""
+        if self._cache is None:
+            raise ValueError("ImageStore.batch needs the RAM cache (cache=True)")
+        if self._rows is None:
+            return self._cache[start:stop]
+        return self._cache[self._rows[start:stop]]
+
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._cache is not None:
-            return self._cache[i]
+            return self._cache[i if self._rows is None else self._rows[i]]
         return self.spec.load(self.paths[i])
 
 
@@ -171,10 +215,13 @@ class PairedTrainDataset(Dataset):
 
     ``query_paths[i]`` pairs with ``reference_paths[positive[i]]``; ``contract`` says how each view is
     preprocessed (augmentation acts on the resized uint8 images, before normalisation / polar transform).
+    :attr:`output` (:data:`OUTPUTS`, set with :meth:`set_output` before a loader forks its workers) makes
+    items stop earlier for the device path: ``(ground, aerial, flip, r, i)`` with uint8 HWC stage images.
     """
 
     def __init__(self, query_paths: Sequence[str], reference_paths: Sequence[str], positive: np.ndarray, *,
-                 contract: DataContract, aug: AugConfig, seed: int, cache: bool = False) -> None:
+                 contract: DataContract, aug: AugConfig, seed: int, cache: bool = False,
+                 decode: str = "pil") -> None:
         positive = np.asarray(positive, np.int64)
         if positive.shape != (len(query_paths),):
             raise ValueError(f"positive must have shape ({len(query_paths)},), got {positive.shape}")
@@ -189,21 +236,40 @@ class PairedTrainDataset(Dataset):
         if tile_size[0] != tile_size[1] and aug.rotate_p > 0:
             raise ValueError(f"aerial_size {list(tile_size)} is not square: cannot rotate the tile by 90°; "
                              "use a square aerial size or set data.aug.rotate_p=0")
-        self.grounds = ImageStore(query_paths, contract.ground, cache=cache, desc="decode ground")
-        self.aerials = ImageStore(reference_paths, contract.aerial, cache=cache, desc="decode aerial")
+        self.grounds = ImageStore(query_paths, contract.ground, cache=cache, desc="decode ground", decode=decode)
+        self.aerials = ImageStore(reference_paths, contract.aerial, cache=cache, desc="decode aerial", decode=decode)
         self._photo = [photometric(aug.jitter, aug.dropout_p), photometric(aug.jitter, aug.dropout_p)] \
             if aug.photometric else None
+        self.output = "float"
+
+    def set_output(self, output: str) -> None:
+        """What items hold (:data:`OUTPUTS`). ``raw`` leaves the geometric augmentation to the device, which is
+        only the same augmentation when nothing per-pixel follows it in the loader: no photometric step, no
+        polar view."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: expected one of {OUTPUTS}")
+        if output == "raw" and not self.device_geometric_ok:
+            raise ValueError("output='raw' (geometric augmentation on the device) needs data.aug.photometric=false "
+                             "and a non-polar aerial view; use output='stage'")
+        self.output = output
+
+    @property
+    def device_geometric_ok(self) -> bool:
+        """Whether the geometric augmentation may run on the device (see :meth:`set_output`)."""
+        return self._photo is None and not self.contract.aerial.polar and not self.contract.ground.polar
 
     def __len__(self) -> int:
         return len(self.positive)
 
-    def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[Any, ...]:
         epoch, i = item if isinstance(item, tuple) else (0, int(item))
         rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         ground = self.grounds[i]
         aerial = self.aerials[int(self.positive[i])]
         flip = bool(rng.random() < self.aug.flip_p)
         r = int(rng.integers(1, 4)) if rng.random() < self.aug.rotate_p else 0
+        if self.output == "raw":  # the device flips / rotates / rolls (s4g_train.device_aug.geometric_batch)
+            return _u8(ground), _u8(aerial), flip, r, int(i)
         ground, aerial = geometric(ground, aerial, flip, r)
         if self._photo is not None:
             s = rng.integers(0, 2**31 - 1, size=2)
@@ -211,29 +277,55 @@ class PairedTrainDataset(Dataset):
             ground = self._photo[0](image=ground)["image"]
             self._photo[1].set_random_seed(int(s[1]))
             aerial = self._photo[1](image=aerial)["image"]
+        if self.output == "stage":  # non-polar views leave as uint8; the device normalises them
+            return _stage_or_input(self.contract.ground, ground), _stage_or_input(self.contract.aerial, aerial), \
+                flip, r, int(i)
         g = torch.from_numpy(self.contract.ground.normalise(ground))
         a = torch.from_numpy(self.contract.aerial.normalise(aerial))
         return g, a, int(i)
+
+
+def _u8(img: np.ndarray) -> torch.Tensor:
+    """A uint8 HWC image as a tensor (copied when it is read-only or strided, e.g. a decoded PIL buffer)."""
+    return torch.from_numpy(img if img.flags.writeable and img.flags.c_contiguous else np.array(img, order="C"))
+
+
+def _stage_or_input(spec: ViewSpec, stage: np.ndarray) -> torch.Tensor:
+    """uint8 HWC stage image for a view the device normalises; the float32 network input for a polar view."""
+    return torch.from_numpy(spec.normalise(stage)) if spec.polar else _u8(stage)
 
 
 class ViewDataset(Dataset):
     """One view for evaluation or DSS mining: item i → ``(image (3,H,W), i)``, the contract's preprocessing only.
 
     ``store``: reuse an :class:`ImageStore` (e.g. the training dataset's cached images) when it serves ``spec``.
+    ``uint8``: items hold the uint8 HWC stage image instead (the device normalises; non-polar views only).
     """
 
     def __init__(self, paths: Sequence[str], spec: ViewSpec, *, cache: bool = False,
-                 store: ImageStore | None = None) -> None:
+                 store: ImageStore | None = None, uint8: bool = False) -> None:
         self.spec = spec
+        if uint8 and spec.polar:
+            raise ValueError(f"{spec.name} view: a polar view is normalised in the loader; uint8 items are for "
+                             "non-polar views")
+        self.uint8 = uint8
         if store is not None and store.serves(spec):
             self.store = store
         else:
             self.store = ImageStore(paths, spec, cache=cache, desc="decode eval")
 
+    def with_uint8(self, uint8: bool) -> "ViewDataset":
+        """The same images with the other item type (shares the store)."""
+        out = ViewDataset.__new__(ViewDataset)
+        out.spec, out.store, out.uint8 = self.spec, self.store, bool(uint8)
+        return out
+
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.uint8:
+            return _u8(self.store[int(i)]), int(i)
         return torch.from_numpy(self.spec.normalise(self.store[int(i)])), int(i)
 
 

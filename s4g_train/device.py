@@ -1,5 +1,6 @@
-"""Device and numeric precision: which device a run uses, whether this CPU runs bf16 natively, which
-autocast dtype (and GradScaler) follows from ``train.amp``, and the autocast context itself.
+"""Device and numeric precision: which device a run uses, whether this CPU / GPU runs bf16 natively, which
+autocast dtype (and GradScaler) follows from ``train.amp``, the autocast context itself, and the layout /
+input-path / backend choices that follow from the device (``channels_last``, ``device_preprocess``).
 
 Used by the trainer and by ``s4g-eval``; it imports nothing else from ``s4g_train``.
 """
@@ -57,13 +58,25 @@ def cpu_has_native_bf16() -> bool:
     return _CPU_BF16
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """True when the CUDA device runs bf16 natively (compute capability ≥ 8.0: Ampere, Hopper, …)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler). auto: fp16+scaler on CUDA, bf16 on capable CPUs."""
+    """(autocast dtype or None, use GradScaler).
+
+    auto: on CUDA bf16 where the GPU supports it natively — no GradScaler, hence no loss scaling and no
+    per-step host sync on its overflow check — else fp16 + GradScaler; on a CPU bf16 when it runs natively,
+    else float32 (emulated bf16 is slower than float32).
+    """
     if mode == "off":
         return None, False
     if mode == "auto":
         if device.type == "cuda":
-            return torch.float16, True
+            return (torch.bfloat16, False) if cuda_has_bf16(device) else (torch.float16, True)
         return (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
     if mode == "bf16":
         return torch.bfloat16, False
@@ -77,3 +90,41 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> Any
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def use_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """``train.channels_last`` resolved: None (auto) = NHWC on CUDA (tensor-core convolutions run NHWC
+    natively), NCHW on a CPU (bf16 convolutions in NHWC were slower there, benchmarks/train.md)."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def use_device_preprocess(setting: bool | None, device: torch.device) -> bool:
+    """``data.device_preprocess`` resolved: None (auto) = on with CUDA, off on a CPU (s4g_train/feed.py)."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Per-process backend settings for a run on ``device``: cuDNN picks the fastest convolution algorithm
+    for each input shape on CUDA (training shapes are fixed; one-off tuning per shape). Nothing on a CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing); a no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cuda_search_available(device: torch.device) -> bool:
+    """Whether exact search on ``device``'s tensors can run on the GPU: a CUDA device and the compiled CUDA core
+    ``s4g_engine._core_cuda`` (same results as the CPU core, docs/METHOD.md §13.4). Else search on the host."""
+    if device.type != "cuda":
+        return False
+    try:
+        from s4g_engine import _core_cuda  # type: ignore[attr-defined]
+
+        return int(_core_cuda.device_count()) > 0
+    except Exception as exc:  # not built with CUDA, or a driver problem: the CPU core does the search
+        log.info("CUDA search unavailable (%s): DSS mining searches on the CPU", exc)
+        return False

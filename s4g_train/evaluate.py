@@ -19,13 +19,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
 from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
-from s4g_train.device import autocast_context, pick_amp, pick_device
+from s4g_train.device import autocast_context, pick_amp, pick_device, use_device_preprocess
+from s4g_train.feed import view_batches
 from s4g_train.model import S4GModel
 
 log = logging.getLogger(__name__)
@@ -37,32 +37,39 @@ METRIC_KEYS = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "AP")
 @torch.no_grad()
 def embed_dataset(model: S4GModel, dataset: Any, *, batch_size: int = 128, device: torch.device | str = "cpu",
                   amp_dtype: torch.dtype | None = None, num_workers: int = 0, desc: str = "embed",
-                  progress: bool = True) -> np.ndarray:
-    """Embed every item of a :class:`ViewDataset` in eval mode → float32 ``(len(dataset), D)`` (L2-normalised)."""
+                  progress: bool = True, device_preprocess: bool | None = None,
+                  to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+    """Embed every item of a :class:`ViewDataset` in eval mode → float32 ``(len(dataset), D)`` (L2-normalised).
+
+    ``device_preprocess`` (None = auto: on with CUDA) sends uint8 images to the device and normalises there
+    (:func:`s4g_train.feed.view_batches`: from the RAM cache without a loader when the store is cached); the
+    CPU path normalises in the loader. The embeddings stay on the device until the end: one transfer
+    (``to_numpy``), or none — ``to_numpy=False`` returns the device tensor (DSS mining searches it there).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    out = np.empty((len(dataset), model.embed_dim), np.float32)
-    # own generator: embedding must not consume the global torch RNG (exact resume, tested)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
+    on_device = use_device_preprocess(device_preprocess, device)
+    out = torch.empty((len(dataset), model.embed_dim), dtype=torch.float32, device=device)
+    # the loader gets its own generator: embedding must not consume the global torch RNG (exact resume, tested)
+    batches = view_batches(dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                           on_device=on_device, channels_last=True)
+    total = -(-len(dataset) // max(1, batch_size))
     try:
-        for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=1.0):
-            x = x.to(device, non_blocking=True)
-            if device.type == "cpu" or device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+        for x, idx in tqdm(batches, total=total, desc=desc, leave=False, disable=not progress, mininterval=1.0):
             with autocast_context(device, amp_dtype):
                 e = model.embed(x)
-            out[idx.numpy()] = e.float().cpu().numpy()
+            out[torch.from_numpy(idx).to(device)] = e.float()
     finally:
         model.train(was_training)
-    return out
+    return out.cpu().numpy() if to_numpy else out
 
 
 def torch_embed_fns(model: S4GModel, contract: DataContract, *, batch_size: int = 128,
                     device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
                     num_workers: int = 0, progress: bool = True,
-                    stores: dict[str, ImageStore] | None = None) -> tuple[EmbedFn, EmbedFn]:
+                    stores: dict[str, ImageStore] | None = None,
+                    device_preprocess: bool | None = None) -> tuple[EmbedFn, EmbedFn]:
     """(embed_ground, embed_aerial) functions for :func:`evaluate_split` backed by a torch model, with the
     images preprocessed by ``contract`` (``s4g_train.data.data_contract`` / ``checkpoint_contract``)."""
 
@@ -73,10 +80,36 @@ def torch_embed_fns(model: S4GModel, contract: DataContract, *, batch_size: int 
                 store = None
             ds = ViewDataset(paths, contract[view], store=store)
             return embed_dataset(model, ds, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
-                                 num_workers=num_workers, desc=f"embed {view}", progress=progress)
+                                 num_workers=num_workers, desc=f"embed {view}", progress=progress,
+                                 device_preprocess=device_preprocess)
         return fn
 
     return make("ground"), make("aerial")
+
+
+def embed_training_pairs(model: S4GModel, split: Any, contract: DataContract, ids: np.ndarray | None = None, *,
+                         grounds: ImageStore | None = None, aerials: ImageStore | None = None,
+                         batch_size: int = 128, device: torch.device | str = "cpu",
+                         amp_dtype: torch.dtype | None = None, num_workers: int = 0, progress: bool = True,
+                         device_preprocess: bool | None = None, to_numpy: bool = True) -> tuple[Any, Any, np.ndarray]:
+    """Un-augmented embeddings for DSS mining (docs/METHOD.md §4): training queries ``ids`` (None = all) and the
+    references they are paired with → ``(q (n, D), r (m, D), pos (n,))``, ``r[pos[i]]`` = query i's positive.
+
+    ``grounds`` / ``aerials``: the training dataset's image stores, reused (a cached store serves any subset
+    from RAM). ``to_numpy=False`` leaves the embeddings on the device, for the CUDA top-k.
+    """
+    q_ids = np.arange(len(split.queries)) if ids is None else np.asarray(ids, np.int64)
+    r_ids = np.unique(split.positive[q_ids])
+    gstore = grounds if ids is None else (grounds.subset(q_ids) if grounds is not None and grounds.cached else None)
+    every_ref = ids is None and len(r_ids) == len(split.references)
+    astore = aerials if every_ref else (aerials.subset(r_ids) if aerials is not None and aerials.cached else None)
+    gq = ViewDataset([split.queries[i] for i in q_ids], contract.ground, store=gstore)
+    gr = ViewDataset([split.references[i] for i in r_ids], contract.aerial, store=astore)
+    kw: dict[str, Any] = dict(batch_size=batch_size, device=device, amp_dtype=amp_dtype, num_workers=num_workers,
+                              progress=progress, device_preprocess=device_preprocess, to_numpy=to_numpy)
+    q = embed_dataset(model, gq, desc="mine ground", **kw)
+    r = embed_dataset(model, gr, desc="mine aerial", **kw)
+    return q, r, np.searchsorted(r_ids, split.positive[q_ids])
 
 
 def subset_split(split: Any, max_queries: int | None) -> Any:

@@ -395,8 +395,11 @@ def dss_neighbours(ground_emb: np.ndarray, aerial_emb: np.ndarray, positive: Any
     Returns:
         int64 (N, K) sample ids, most similar first, -1 padded when fewer than K references qualify.
     """
-    g = np.asarray(ground_emb)
-    a = np.asarray(aerial_emb)
+    # torch CUDA tensors stay on the device: the core's CUDA top-k searches them and
+    # only the (chunk, K) index lists come back (the same lists as the CPU core, docs/METHOD.md §13.4)
+    on_device = hasattr(ground_emb, "__cuda_array_interface__")
+    g = ground_emb if on_device else np.asarray(ground_emb)
+    a = aerial_emb if on_device else np.asarray(aerial_emb)
     if g.ndim != 2 or a.ndim != 2 or g.shape[1] != a.shape[1]:
         raise ValueError(f"ground_emb (N, d) and aerial_emb (M, d) must be 2-D with the same d, got {g.shape} "
                          f"and {a.shape}")
@@ -441,7 +444,7 @@ def dss_neighbours(ground_emb: np.ndarray, aerial_emb: np.ndarray, positive: Any
         starts = tqdm(starts, desc="DSS top-k", unit="chunk")
     for s in starts:
         _, idx = topk(g[s:s + chunk], refs, K, exclude=np.ascontiguousarray(exclude[s:s + chunk]))
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx.cpu() if on_device else idx, dtype=np.int64)
         if ref_ids is not None:
             idx = np.where(idx >= 0, ref_ids[np.maximum(idx, 0)], -1)
         out[s:s + chunk] = np.where(idx >= 0, rep[np.maximum(idx, 0)], -1)

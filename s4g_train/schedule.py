@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "s4g-batch-schedule"
 STATE_VERSION = 2  # 1 was the trainer's inline "sampler" dict; :meth:`BatchSchedule.load_legacy` converts it
 #: ``embed(ids)`` → (query embeddings, reference embeddings, positive row of each query) of the training
-#: queries ``ids`` (``None`` = all) and their references, un-augmented (the trainer's ``_embed_train``).
+#: queries ``ids`` (``None`` = all) and their references, un-augmented (the trainer's ``_embed_train``). The
+#: embeddings may be NumPy arrays or device tensors (then the lists are mined by the core's CUDA top-k).
 EmbedTrain = Callable[[np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -231,10 +232,15 @@ def _groups(positive: np.ndarray, semi: np.ndarray) -> tuple[np.ndarray | None, 
     return groups, forbidden
 
 
-def _train_r1(q: np.ndarray, r: np.ndarray, pos: np.ndarray) -> float:
-    from s4g_engine.metrics import retrieval_metrics
+def _train_r1(q: Any, r: Any, pos: np.ndarray) -> float:
+    """Training-set R@1 (percent); ``q``/``r`` may be device tensors (ranked by the core's CUDA search)."""
+    from s4g_engine import positive_ranks
+    from s4g_engine.metrics import ranks_to_metrics, retrieval_metrics
 
-    return float(retrieval_metrics(q, r, pos)["R@1"])
+    if not hasattr(q, "__cuda_array_interface__"):
+        return float(retrieval_metrics(q, r, pos)["R@1"])
+    ranks = positive_ranks(q, r, np.asarray(pos, np.int64))
+    return float(ranks_to_metrics(ranks.cpu().numpy().astype(np.int64), int(r.shape[0]))["R@1"])
 
 
 def _crc(t: np.ndarray | None) -> int | None:

@@ -1,17 +1,23 @@
 """One optimisation step of Sample4Geo training: the (DDP-wrapped) two-view encoder, AdamW with the
-per-iteration warm-up + cosine schedule, AMP (autocast + GradScaler), gradient clipping, and the in-batch
-hardness figure that the metrics log reports. Knows nothing about epochs, batches or checkpoints' files.
+per-iteration warm-up + cosine schedule, AMP (autocast; GradScaler with fp16), gradient clipping, and the
+in-batch hardness figure that the metrics log reports. Knows nothing about epochs, batches or checkpoints' files.
+
+On CUDA the step takes device tensors from :class:`s4g_train.feed.TrainFeed` (already normalised and
+channels-last), uses the fused AdamW kernel, and synchronises with the host once per step (loss and
+hardness come back together). ``train.compile`` compiles the encoder; the first step's time, which
+includes the compilation, is logged.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
 
 from s4g_train.config import Config
-from s4g_train.device import autocast_context
+from s4g_train.device import autocast_context, use_channels_last
 from s4g_train.ema import WeightEMA
 from s4g_train.losses import make_loss
 from s4g_train.lr import CosineWarmup
@@ -52,7 +58,8 @@ class TrainStep:
     def __init__(self, model: S4GModel, cfg: Config, *, device: torch.device, amp_dtype: torch.dtype | None,
                  use_scaler: bool, steps_per_epoch: int, distributed: bool = False) -> None:
         self.model, self.cfg, self.device, self.amp_dtype = model, cfg, device, amp_dtype
-        self.encoder: torch.nn.Module = Encoder(model, cfg.train.channels_last)
+        self.encoder: torch.nn.Module = Encoder(model, use_channels_last(cfg.train.channels_last, device))
+        self.first_step_s: float | None = None  # wall time of the first step (with torch.compile: compiling)
         if cfg.train.compile:
             self.encoder = torch.compile(self.encoder)
         if distributed:
@@ -61,8 +68,11 @@ class TrainStep:
         o = cfg.optim
         decay = [p for _, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for _, p in model.named_parameters() if p.ndim <= 1]
+        # CUDA: the fused AdamW kernel (one launch for all parameters); the CPU keeps the default implementation
+        fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
+                                     **fused)
         self.sched = CosineWarmup(self.opt, base_lr=o.lr, warmup=int(round(o.warmup_epochs * steps_per_epoch)),
                                   total=cfg.train.epochs * steps_per_epoch, min_ratio=o.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -72,6 +82,7 @@ class TrainStep:
         self.ema = WeightEMA.from_config(model, cfg)  # None unless train.ema_decay; its state is the trainer's
 
     def __call__(self, g: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:
+        t0 = time.perf_counter() if self.first_step_s is None else 0.0
         g = g.to(self.device, non_blocking=True)
         a = a.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.amp_dtype):
@@ -91,8 +102,12 @@ class TrainStep:
         with torch.no_grad():  # batch hardness (local part): similarity of each ground's hardest in-batch negative
             sim = ge.detach() @ ae.detach().T
             sim.fill_diagonal_(-2.0)
-            hard = float(sim.max(dim=1).values.mean())
-        return float(loss.detach()), hard
+            out = torch.stack([loss.detach().float(), sim.max(dim=1).values.mean()]).tolist()  # one host sync
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - t0
+            log.info("first training step: %.1fs%s", self.first_step_s,
+                     " (includes torch.compile)" if self.cfg.train.compile else "")
+        return float(out[0]), float(out[1])
 
     def train(self) -> None:
         self.encoder.train()

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from s4g_engine.errors import S4GError, StateError
@@ -38,11 +37,13 @@ from s4g_train import dist
 from s4g_train.budget import TimeBudget
 from s4g_train.config import Config, apply_dict, build_config, load_yaml, save_yaml, selection, set_override, \
     split_cli_overrides, validate
-from s4g_train.data import EpochBatchSampler, ImageStore, PairedTrainDataset, ViewDataset, data_contract
+from s4g_train.data import ImageStore, PairedTrainDataset, data_contract
 from s4g_train.dataprep import prepare_data
-from s4g_train.device import pick_amp, pick_device
+from s4g_train.device import configure_backends, cuda_search_available, pick_amp, pick_device, use_channels_last, \
+    use_device_preprocess
 from s4g_train.ema import restore_ema
-from s4g_train.evaluate import embed_dataset, evaluate_split, format_table, subset_split, torch_embed_fns
+from s4g_train.evaluate import embed_training_pairs, evaluate_split, format_table, subset_split, torch_embed_fns
+from s4g_train.feed import TrainFeed
 from s4g_train.model import S4GModel
 from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
@@ -76,6 +77,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = pick_device(cfg.train.device, self.info.local_rank if self.distributed else None)
         self.amp_dtype, use_scaler = pick_amp(cfg.train.amp, self.device)
+        configure_backends(self.device)
         seed_everything(cfg.train.seed)
         self._load_data()
         self._build_model(init=not resume)
@@ -131,12 +133,17 @@ class Trainer:
             ckpt.init_weights(self.model, cfg.train.init, backbone=cfg.train.init_backbone,
                               allow_partial=cfg.train.init_allow_partial)
         self.model = self.model.to(self.device)
-        if cfg.train.channels_last:
+        channels_last = use_channels_last(cfg.train.channels_last, self.device)
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.contract = data_contract(cfg, self.model)  # preprocessing of both views (s4g_engine.preprocess)
-        sp = self.train_split
+        sp, d = self.train_split, cfg.data
         self.dataset = PairedTrainDataset(sp.queries, sp.references, sp.positive, contract=self.contract,
-                                          aug=self.cfg.data.aug, seed=cfg.train.seed, cache=cfg.data.cache_images)
+                                          aug=d.aug, seed=cfg.train.seed, cache=d.cache_images, decode=d.decode)
+        self.feed = TrainFeed(self.dataset, device=self.device, num_workers=d.num_workers,  # s4g_train/feed.py
+                              persistent_workers=d.persistent_workers, prefetch_factor=d.prefetch_factor,
+                              on_device=use_device_preprocess(d.device_preprocess, self.device),
+                              channels_last=channels_last)
 
     def _make_schedule(self) -> BatchSchedule:
         """The run's batch schedule; rank 0 computes (and caches) the GPS lists, the other ranks receive them."""
@@ -151,21 +158,15 @@ class Trainer:
                              semi_positives=sp.semi_positives, gps=gps)
 
     # ------------------------------------------------------------------------------ training
-    def _embed_train(self, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Un-augmented embeddings of (a subset of) training queries and their positives (no grad, eval)."""
-        sp, ds = self.train_split, self.dataset
-        q_ids = np.arange(self.n) if idx is None else idx
-        r_ids = np.unique(sp.positive[q_ids])
-        gq = ViewDataset([sp.queries[i] for i in q_ids], self.contract.ground,
-                         store=ds.grounds if idx is None else None)
-        gr = ViewDataset([sp.references[i] for i in r_ids], self.contract.aerial,
-                         store=ds.aerials if idx is None and len(r_ids) == len(sp.references) else None)
-        kw = dict(batch_size=self.cfg.eval.batch_size, device=self.device, amp_dtype=self.amp_dtype,
-                  num_workers=self.cfg.data.num_workers, progress=self.main)
-        q = embed_dataset(self.model, gq, desc="mine ground", **kw)
-        r = embed_dataset(self.model, gr, desc="mine aerial", **kw)
-        pos = np.searchsorted(r_ids, sp.positive[q_ids])
-        return q, r, pos
+    def _embed_train(self, idx: np.ndarray | None = None) -> tuple[Any, Any, np.ndarray]:
+        """Un-augmented embeddings of (a subset of) training queries and their positives (no grad, eval); kept on
+        the GPU when the core's CUDA top-k can mine them there."""
+        ds, c = self.dataset, self.cfg
+        return embed_training_pairs(self.model, self.train_split, self.contract, idx, grounds=ds.grounds,
+                                    aerials=ds.aerials, batch_size=c.eval.batch_size, device=self.device,
+                                    amp_dtype=self.amp_dtype, num_workers=c.data.num_workers, progress=self.main,
+                                    device_preprocess=c.data.device_preprocess,
+                                    to_numpy=not cuda_search_available(self.device))
 
     def elapsed(self) -> float:
         """Seconds of the run so far (over resumes), on the configured budget clock."""
@@ -227,9 +228,7 @@ class Trainer:
         batches = self.schedule.batches()
         hard_gps = batch_gps_m(self.train_split, batches) if self.main else None
         local = [dist.split_global_batch(b, self.rank, self.world) for b in batches]
-        loader = DataLoader(self.dataset, batch_sampler=EpochBatchSampler(local, e, self.schedule.pos),
-                            num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(e),
-                            persistent_workers=False)
+        loader = self.feed.epoch(local, e, self.schedule.pos)
         self.train_step.train()
         last = 0.0
         bar = tqdm(loader, desc=f"epoch {e}/{self.epochs}", disable=not self.main, leave=False, mininterval=1.0)
@@ -295,8 +294,9 @@ class Trainer:
         if self.main:
             eg, ea = torch_embed_fns(self.eval_model, self.contract, batch_size=self.cfg.eval.batch_size,
                                      device=self.device, amp_dtype=self.amp_dtype,
-                                     num_workers=self.cfg.data.num_workers,
-                                     progress=self.main, stores=self._eval_stores(sp, max_queries))
+                                     num_workers=self.cfg.data.num_workers, progress=self.main,
+                                     stores=self._eval_stores(sp, max_queries),
+                                     device_preprocess=self.cfg.data.device_preprocess)
             t0 = time.perf_counter()
             res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries)
             n_img = res["queries"] + res["references"]
@@ -407,6 +407,7 @@ class Trainer:
         return self.finish(evaluate=True)
 
     def close(self) -> None:
+        self.feed.close()
         self.log.close()
         if self.distributed:
             dist.cleanup()
