@@ -92,6 +92,7 @@ py::dict search_stats() {
   d["path"] = std::string(st.path);
   d["queries"] = st.queries;
   d["certified"] = st.certified;
+  d["retried"] = st.retried;
   d["fallback"] = st.fallback;
   d["rescored"] = st.rescored;
   d["band"] = st.band;

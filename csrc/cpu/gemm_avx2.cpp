@@ -214,7 +214,7 @@ void pack_queries(const float* q, int64_t ldq, int nq, int64_t d, uint32_t* Ap) 
 }
 
 template <int NQ>
-void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
+void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax) {
   const float* A = reinterpret_cast<const float*>(Ap);
   const float* B = reinterpret_cast<const float*>(Bp);
   // Accumulators in registers (with _mm256_broadcast_ss(pointer) GCC 12 also stored them every step).
@@ -232,17 +232,21 @@ void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
   for (int j = 0; j < NQ; ++j) {
     _mm256_storeu_ps(C + j * kNR, c[j][0]);
     _mm256_storeu_ps(C + j * kNR + 8, c[j][1]);
+    const __m256 m = _mm256_max_ps(c[j][0], c[j][1]);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    rowmax[j] = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
   }
 }
 
-void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
+void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax) {
   switch (nq) {
-    case 6: tile_n<6>(kp, Ap, Bp, C); break;
-    case 5: tile_n<5>(kp, Ap, Bp, C); break;
-    case 4: tile_n<4>(kp, Ap, Bp, C); break;
-    case 3: tile_n<3>(kp, Ap, Bp, C); break;
-    case 2: tile_n<2>(kp, Ap, Bp, C); break;
-    default: tile_n<1>(kp, Ap, Bp, C); break;
+    case 6: tile_n<6>(kp, Ap, Bp, C, rowmax); break;
+    case 5: tile_n<5>(kp, Ap, Bp, C, rowmax); break;
+    case 4: tile_n<4>(kp, Ap, Bp, C, rowmax); break;
+    case 3: tile_n<3>(kp, Ap, Bp, C, rowmax); break;
+    case 2: tile_n<2>(kp, Ap, Bp, C, rowmax); break;
+    default: tile_n<1>(kp, Ap, Bp, C, rowmax); break;
   }
 }
 

@@ -154,7 +154,7 @@ void pack_queries(const float* q, int64_t ldq, int nq, int64_t d, uint32_t* Ap) 
 }
 
 template <int NQ>
-void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
+void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax) {
   __m512 c[NQ][kNV];
   for (int j = 0; j < NQ; ++j)
     for (int v = 0; v < kNV; ++v) c[j][v] = _mm512_setzero_ps();
@@ -169,20 +169,22 @@ void tile_n(int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
       c[j][2] = _mm512_dpbf16_ps(c[j][2], a, b2);
     }
   }
-  for (int j = 0; j < NQ; ++j)
+  for (int j = 0; j < NQ; ++j) {
     for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(C + j * kNR + v * 16, c[j][v]);
+    rowmax[j] = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(c[j][0], c[j][1]), c[j][2]));
+  }
 }
 
-void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
+void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax) {
   switch (nq) {
-    case 8: tile_n<8>(kp, Ap, Bp, C); break;
-    case 7: tile_n<7>(kp, Ap, Bp, C); break;
-    case 6: tile_n<6>(kp, Ap, Bp, C); break;
-    case 5: tile_n<5>(kp, Ap, Bp, C); break;
-    case 4: tile_n<4>(kp, Ap, Bp, C); break;
-    case 3: tile_n<3>(kp, Ap, Bp, C); break;
-    case 2: tile_n<2>(kp, Ap, Bp, C); break;
-    default: tile_n<1>(kp, Ap, Bp, C); break;
+    case 8: tile_n<8>(kp, Ap, Bp, C, rowmax); break;
+    case 7: tile_n<7>(kp, Ap, Bp, C, rowmax); break;
+    case 6: tile_n<6>(kp, Ap, Bp, C, rowmax); break;
+    case 5: tile_n<5>(kp, Ap, Bp, C, rowmax); break;
+    case 4: tile_n<4>(kp, Ap, Bp, C, rowmax); break;
+    case 3: tile_n<3>(kp, Ap, Bp, C, rowmax); break;
+    case 2: tile_n<2>(kp, Ap, Bp, C, rowmax); break;
+    default: tile_n<1>(kp, Ap, Bp, C, rowmax); break;
   }
 }
 

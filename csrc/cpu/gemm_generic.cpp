@@ -119,7 +119,7 @@ void pack_queries(const float* q, int64_t ldq, int nq, int64_t d, uint32_t* Ap) 
     for (int64_t k = 0; k < d; ++k) A[k * kMQ + j] = j < nq ? q[j * ldq + k] : 0.0f;
 }
 
-void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) {
+void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax) {
   const float* A = reinterpret_cast<const float*>(Ap);
   const float* B = reinterpret_cast<const float*>(Bp);
   float c[kMQ][kNR] = {};
@@ -128,8 +128,14 @@ void tile(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C) 
       const float a = A[p * kMQ + j];
       for (int i = 0; i < kNR; ++i) c[j][i] += a * B[p * kNR + i];
     }
-  for (int j = 0; j < nq; ++j)
-    for (int i = 0; i < kNR; ++i) C[j * kNR + i] = c[j][i];
+  for (int j = 0; j < nq; ++j) {
+    float m = c[j][0];
+    for (int i = 0; i < kNR; ++i) {
+      C[j * kNR + i] = c[j][i];
+      m = std::isnan(c[j][i]) || c[j][i] > m ? c[j][i] : m;  // a NaN makes the row "worth a look"
+    }
+    rowmax[j] = m;
+  }
 }
 
 const Filter kFilter{"generic",      kMQ,        kNR,           false,       &packed_depth, &acc_depth,

@@ -23,7 +23,8 @@
 //    reference outside the heaps has ŝ ≤ ŝ_next, so s ≤ ŝ + ε < s_k and it ranks after the k-th even on
 //    a tie of indices). If all candidates are rescored, the references that never made a heap (ŝ ≤ t,
 //    t = the worst kept ŝ of a full heap) are excluded by t + ε < s_k. A query whose certificate fails
-//    (more than m references within 2ε of its k-th score: duplicates, ties) is re-scanned canonically.
+//    (more than m references within 2ε of its k-th score) is searched again with 4× the extra
+//    candidates, and if that fails too (duplicates, wide ties) scanned canonically.
 //    positive_ranks: s_pos canonical; ŝ > s_pos + ε counts, ŝ < s_pos − ε does not; only the band in
 //    between is decided again, first by a float32 dot product with its own (≈ 100× smaller) margin,
 //    then canonically.
@@ -56,7 +57,7 @@ using detail::Split;
 
 namespace {
 
-constexpr int64_t kExtraMin = 32;                // m ≥ 32 extra candidates (and ≥ k/2)
+constexpr int64_t kExtraMin = 32;                // m = max(32, k) extra candidates
 constexpr int64_t kQueryBlockBytes = int64_t(2) << 20;  // packed query block
 constexpr int64_t kHeapBytes = int64_t(64) << 20;       // approximate heaps of one query block
 
@@ -91,12 +92,10 @@ struct Excl {
   bool has(int64_t q, int64_t id) const { return m > 0 && sorted_contains(ids.data() + q * m, cnt[q], id); }
 };
 
-// Offer the scores row[0..rows) (references n0..) of block query j to heap h.
-inline void offer(TopkHeap& h, const float* row, int rows, int64_t n0, const Excl& ex, int64_t q) {
+// Offer the scores row[0..rows) (references n0..; none above `rowmax`) of global query q to heap h.
+inline void offer(TopkHeap& h, const float* row, float rowmax, int rows, int64_t n0, const Excl& ex, int64_t q) {
   float thr = h.threshold();
-  bool any = false;
-  for (int i = 0; i < rows; ++i) any |= row[i] > thr;
-  if (!any) return;
+  if (!(rowmax > thr)) return;  // the common case once the heap is full (a NaN score is never kept anyway)
   for (int i = 0; i < rows; ++i) {
     if (!(row[i] > thr) || ex.has(q, n0 + i)) continue;
     h.push(row[i], n0 + i);
@@ -194,12 +193,13 @@ void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, 
     NormMax& mine = part[item];
     scan_range(F, job.in, b, sp.group_begin(g, b.panels), sp.group_begin(g + 1, b.panels),
                sp.range_begin(r, job.in.n), sp.range_begin(r + 1, job.in.n),
-               [&](int64_t p, int nq, int64_t n0, int rows, const float* C, double rn, double er) {
+               [&](int64_t p, int nq, int64_t n0, int rows, const float* C, const float* rowmax, double rn,
+                   double er) {
                  mine.add(rn, er);
                  for (int j = 0; j < nq; ++j) {
                    const int64_t bj = p * F.mq + j;
                    TopkHeap h = H.view(r, bj);
-                   offer(h, C + j * F.nr, rows, n0, job.ex, b.q0 + bj);
+                   offer(h, C + j * F.nr, rowmax[j], rows, n0, job.ex, b.q0 + bj);
                    H.size[r * H.nq + bj] = h.size;
                  }
                });
@@ -226,7 +226,7 @@ void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Hea
       for (int64_t j = 0; j < b.nq; ++j) {
         const float* q = qrow(in, b.q0 + j);
         const float s = in.r_half ? F.dot_f16(q, rh, in.d) : F.dot_f32(q, rf, in.d);
-        offer(heaps[j], &s, 1, n, job.ex, b.q0 + j);
+        offer(heaps[j], &s, s, 1, n, job.ex, b.q0 + j);
       }
     }
     for (int64_t j = 0; j < b.nq; ++j) H.size[r * H.nq + j] = heaps[j].size;
@@ -235,11 +235,12 @@ void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Hea
   for (const auto& m : part) nm.add(m.rn, m.er);
 }
 
-void topk_filtered(const TopkJob& job, bool dot_path) {
+// One filtered pass over all queries of job.in with approximate heaps of `cap`; returns the queries
+// (ids in job.in) whose certificate failed, their output rows unwritten.
+std::vector<int64_t> topk_filtered(const TopkJob& job, bool dot_path, int64_t cap) {
   const Filter& F = job.F;
   const SearchInput& in = job.in;
   const int threads = omp_get_max_threads();
-  const int64_t cap = std::min(job.k + std::max(kExtraMin, job.k / 2), in.n + 1);
   const int64_t kp = F.packed_depth(in.d);
   int64_t block = dot_path ? in.nq : std::max<int64_t>(F.mq, kQueryBlockBytes / (kp * 4) / F.mq * F.mq);
   block = std::max<int64_t>(F.mq, std::min(block, kHeapBytes / (threads * cap * 12) / F.mq * F.mq));
@@ -256,27 +257,62 @@ void topk_filtered(const TopkJob& job, bool dot_path) {
     else scan_topk_packed(job, b, sp, H, nm);
     refine_block(job, b, H, sp.ranges, nm.rn, nm.er, dot_path, failed);
   }
-  g_stats.fallback = (int64_t)failed.size();
-  if (failed.empty()) return;
-  // Canonical re-scan of the queries whose certificate failed (gathered into one small problem).
   std::sort(failed.begin(), failed.end());
-  const int64_t f = (int64_t)failed.size(), d = in.d, k = job.k;
+  return failed;
+}
+
+// Runs `solve` on the sub-problem of the queries `ids` (their rows and exclusions gathered) and writes
+// its output rows back; returns the ids (in job.in) that `solve` reports as failed.
+template <class Solve>
+std::vector<int64_t> on_subset(const TopkJob& job, const std::vector<int64_t>& ids, Solve&& solve) {
+  const SearchInput& in = job.in;
+  const int64_t f = (int64_t)ids.size(), d = in.d, k = job.k, m = job.ex.m;
   std::vector<float> qs(f * d), os(f * k);
-  std::vector<int64_t> oi(f * k), ex(job.ex.m > 0 ? f * job.ex.m : 0, -1);
+  std::vector<int64_t> oi(f * k);
+  Excl ex;
+  ex.m = m;
+  ex.ids.assign(m > 0 ? f * m : 0, -1);
+  ex.cnt.assign(m > 0 ? f : 0, 0);
   for (int64_t t = 0; t < f; ++t) {
-    std::copy(qrow(in, failed[t]), qrow(in, failed[t]) + d, qs.begin() + t * d);
-    for (int64_t e = 0; job.ex.m > 0 && e < job.ex.cnt[failed[t]]; ++e)
-      ex[t * job.ex.m + e] = job.ex.ids[failed[t] * job.ex.m + e];
+    std::copy(qrow(in, ids[t]), qrow(in, ids[t]) + d, qs.begin() + t * d);
+    if (m == 0) continue;
+    ex.cnt[t] = job.ex.cnt[ids[t]];  // the sorted valid ids; the rest of the row stays −1 (padding)
+    std::copy(job.ex.ids.begin() + ids[t] * m, job.ex.ids.begin() + ids[t] * m + ex.cnt[t], ex.ids.begin() + t * m);
   }
   SearchInput sub = in;
   sub.q = qs.data();
   sub.nq = f;
   sub.ldq = d;
-  detail::topk_canonical(sub, k, ex.empty() ? nullptr : ex.data(), job.ex.m, os.data(), oi.data());
+  std::vector<int64_t> failed = solve(TopkJob{job.F, sub, k, ex, job.mode, os.data(), oi.data()});
+  std::vector<char> bad(f, 0);
+  for (int64_t t : failed) bad[t] = 1;
+  std::vector<int64_t> out;
   for (int64_t t = 0; t < f; ++t) {
-    std::copy(os.begin() + t * k, os.begin() + (t + 1) * k, job.out_s + failed[t] * k);
-    std::copy(oi.begin() + t * k, oi.begin() + (t + 1) * k, job.out_i + failed[t] * k);
+    if (bad[t]) { out.push_back(ids[t]); continue; }
+    std::copy(os.begin() + t * k, os.begin() + (t + 1) * k, job.out_s + ids[t] * k);
+    std::copy(oi.begin() + t * k, oi.begin() + (t + 1) * k, job.out_i + ids[t] * k);
   }
+  return out;
+}
+
+// The filtered search with its two ways out: the queries whose certificate fails are searched again
+// with 4× the extra candidates (a filter pass over the few of them is cheap), and those that fail again
+// (ties or near-ties wider than the margin: many duplicates) are scanned canonically.
+void topk_search(const TopkJob& job, bool dot_path) {
+  const int64_t cap = std::min(job.k + std::max(kExtraMin, job.k), job.in.n + 1);
+  std::vector<int64_t> failed = topk_filtered(job, dot_path, cap);
+  g_stats.retried = (int64_t)failed.size();
+  if (!failed.empty() && cap <= job.in.n) {
+    const int64_t wide = std::min(job.k + 4 * (cap - job.k), job.in.n + 1);
+    failed = on_subset(job, failed, [&](const TopkJob& sub) { return topk_filtered(sub, dot_path, wide); });
+  }
+  g_stats.fallback = (int64_t)failed.size();
+  if (failed.empty()) return;
+  on_subset(job, failed, [](const TopkJob& sub) {
+    const std::vector<int64_t>& ids = sub.ex.ids;
+    detail::topk_canonical(sub.in, sub.k, sub.ex.m > 0 ? ids.data() : nullptr, sub.ex.m, sub.out_s, sub.out_i);
+    return std::vector<int64_t>{};
+  });
 }
 
 }  // namespace
@@ -296,7 +332,7 @@ void topk_similarity(const SearchInput& in, int64_t k, const int64_t* exclude, i
                      int64_t* out_i, SearchMode mode) {
   g_stats = SearchStats{};
   g_stats.queries = in.nq;
-  const int64_t extra = std::max(kExtraMin, k / 2);
+  const int64_t extra = std::max(kExtraMin, k);
   if (mode == SearchMode::kCanonical || in.n == 0 || (mode == SearchMode::kExact && (k + extra) * g_canonical_ratio >= in.n)) {
     g_stats.path = "canonical";
     detail::topk_canonical(in, k, exclude, m, out_s, out_i);
@@ -309,7 +345,7 @@ void topk_similarity(const SearchInput& in, int64_t k, const int64_t* exclude, i
   const Filter& F = active_filter();
   const bool dot_path = in.nq < g_small_batch;
   g_stats.path = dot_path ? "dot" : "filter";
-  topk_filtered(TopkJob{F, in, k, ex, mode, out_s, out_i}, dot_path);
+  topk_search(TopkJob{F, in, k, ex, mode, out_s, out_i}, dot_path);
 }
 
 }  // namespace s4g::cpu

@@ -66,10 +66,12 @@ struct RanksItem {
   }
 
   // Scores row[0..rows) of block query j against references n0.. of a panel with norm bounds rn, er.
-  void consume_row(int64_t j, const float* row, int rows, int64_t n0, double rn, double er) {
+  void consume_row(int64_t j, const float* row, float rowmax, int rows, int64_t n0, double rn, double er) {
     const float sp = job.pos[b.q0 + j];
     const float m1 = job.filter_only ? 0.0f : bound::margin(bound::epsilon(b.c1[j], rn, er), sp);
     const float hi = sp + m1, lo = sp - m1;
+    // Fast exit: the whole row is below the band (a NaN ŝ needs an overflow; then ε = +∞, lo = −∞).
+    if (rowmax < lo) return;
     int above = 0, not_below = 0;
     for (int i = 0; i < rows; ++i) {
       above += row[i] > hi;
@@ -95,8 +97,10 @@ void ranks_block(const RanksJob& job, const detail::QueryBlock& b, std::vector<i
     RanksItem it{job, b, counts.data() + r * b.nq};
     detail::scan_range(F, job.in, b, sp.group_begin(g, b.panels), sp.group_begin(g + 1, b.panels),
                        sp.range_begin(r, job.in.n), sp.range_begin(r + 1, job.in.n),
-                       [&](int64_t p, int nq, int64_t n0, int rows, const float* C, double rn, double er) {
-                         for (int j = 0; j < nq; ++j) it.consume_row(p * F.mq + j, C + j * F.nr, rows, n0, rn, er);
+                       [&](int64_t p, int nq, int64_t n0, int rows, const float* C, const float* rowmax, double rn,
+                           double er) {
+                         for (int j = 0; j < nq; ++j)
+                           it.consume_row(p * F.mq + j, C + j * F.nr, rowmax[j], rows, n0, rn, er);
                        });
     if (it.pending) it.flush();
     nb1 += it.band;

@@ -17,6 +17,8 @@
 //     Ap : packed query panel, kp × mq 32-bit elements (element p of query j at Ap[p*mq + j])
 //     Bp : packed reference panel, kp × nr 32-bit elements (element p of reference i at Bp[p*nr + i])
 //     C  : C[j*nr + i] = ŝ(query j, reference i) for j < nq (all nr lanes; padded lanes score 0)
+//     rowmax[j] = max_i C[j*nr + i] (padded lanes included). Only used to skip rows with nothing above a
+//     threshold; NaN handling of the max is unspecified, consumers treat such rows by other means.
 //   A 32-bit element holds one float (fp32 filters) or a pair of bfloat16 (k = 2p, 2p+1) (bf16 filter).
 #pragma once
 #include <cstdint>
@@ -53,7 +55,7 @@ struct Filter {
   void (*pack_refs_f16)(const uint16_t* r, int64_t ldr, int rows, int64_t d, uint32_t* Bp, float* sq, float* er);
   int64_t (*sq_depth)(int64_t d);
   // The tile (see above); nq in 1..mq.
-  void (*tile)(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C);
+  void (*tile)(int nq, int64_t kp, const uint32_t* Ap, const uint32_t* Bp, float* C, float* rowmax);
   // float32 dot product in a fixed SIMD order (the second-stage filter and the small-batch filter);
   // dot_depth(d) bounds its rounding steps. The _sq variants also return Σ r² (same depth).
   float (*dot_f32)(const float* q, const float* r, int64_t d);

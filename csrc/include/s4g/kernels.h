@@ -52,7 +52,8 @@ struct SearchStats {
   const char* path = "";
   int64_t queries = 0;
   int64_t certified = 0;        // top-k queries proven by the certificate
-  int64_t fallback = 0;         // top-k queries re-scanned canonically
+  int64_t retried = 0;          // top-k queries searched again with more candidates
+  int64_t fallback = 0;         // ... and then re-scanned canonically
   int64_t rescored = 0;         // canonical scores computed for candidates (top-k)
   int64_t band = 0;             // positive_ranks: pairs within the filter's margin of the positive
   int64_t band2 = 0;            // ... and still within the float32 second stage's margin (canonical)

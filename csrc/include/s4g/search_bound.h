@@ -65,8 +65,13 @@ inline int64_t canonical_depth(int64_t d) {
   return (d < 256 ? d : 256) + chunks - 1;
 }
 
-// a + b rounded upwards (double): ≥ the exact sum.
-inline double add_up(double a, double b) { return std::nextafter(a + b, kInf); }
+// a + b rounded upwards (double): ≥ the exact sum. With s = fl(a + b), |s − (a + b)| ≤ ulp(s)/2 and
+// |s|·2⁻⁵² ∈ [ulp(s), 2 ulp(s)), so s + |s|·2⁻⁵² rounds to ≥ s + ulp(s) ≥ a + b (2⁻¹⁰⁷⁴: s = 0).
+// Plain arithmetic (no libm call): it runs once per query and reference panel.
+inline double add_up(double a, double b) {
+  const double s = a + b;
+  return s + std::fabs(s) * 0x1p-52 + 0x1p-1074;
+}
 
 // Upper bound of sqrt(Σ x²) from a float32 sum computed with ≤ depth rounding steps over d terms.
 inline double sumsq_norm_bound(float computed, int64_t depth, int64_t d) {
@@ -75,11 +80,11 @@ inline double sumsq_norm_bound(float computed, int64_t depth, int64_t d) {
   return std::sqrt((double(computed) + double(d) * 0x1p-148) / (1.0 - g)) * (1.0 + 0x1p-50);
 }
 
-// A double as a float no smaller than it (+∞ beyond the float range).
+// A double x ≥ 0 as a float no smaller than it (+∞ beyond the float range): float() rounds to nearest,
+// within 2⁻²⁴ relatively or 2⁻¹⁵⁰ absolutely, which the factor 1 + 2⁻²² and the term 2⁻¹⁴⁹ cover.
 inline float float_up(double x) {
   if (!(x < 3.0e38)) return std::numeric_limits<float>::infinity();
-  const float f = float(x);
-  return double(f) >= x ? f : std::nextafter(f, std::numeric_limits<float>::infinity());
+  return float(x * (1.0 + 0x1p-22) + 0x1p-149);
 }
 
 // Constants of one filter path at dimension d.

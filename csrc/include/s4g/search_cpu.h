@@ -73,8 +73,9 @@ struct Split {
 Split make_split(int64_t n, int64_t nr, int64_t panels, int threads);
 
 // Packs each reference panel of [nb, ne) once and runs the query panels [p0, p1) of the block on it:
-// consume(p, nq, n0, rows, C, rn, er) with C[j*nr + i] = ŝ(query p·mq + j, reference n0 + i) and the
-// panel's norm bounds rn ≥ ‖r‖, er ≥ ‖r − r̂‖ (search_bound.h).
+// consume(p, nq, n0, rows, C, rowmax, rn, er) with C[j*nr + i] = ŝ(query p·mq + j, reference n0 + i),
+// rowmax[j] ≥ every ŝ of row j (when no ŝ is NaN), and the panel's norm bounds rn ≥ ‖r‖, er ≥ ‖r − r̂‖
+// (search_bound.h).
 template <class Consume>
 void scan_range(const Filter& F, const SearchInput& in, const QueryBlock& b, int64_t p0, int64_t p1, int64_t nb,
                 int64_t ne, Consume&& consume) {
@@ -82,6 +83,7 @@ void scan_range(const Filter& F, const SearchInput& in, const QueryBlock& b, int
   Bp.resize(b.kp * F.nr);
   Aligned<float> C;
   C.resize(int64_t(F.mq) * F.nr);
+  std::vector<float> rowmax(F.mq);
   std::vector<float> sq(F.nr), er(F.nr);
   const int64_t depth = F.sq_depth(in.d);
   for (int64_t n0 = nb; n0 < ne; n0 += F.nr) {
@@ -99,8 +101,8 @@ void scan_range(const Filter& F, const SearchInput& in, const QueryBlock& b, int
     const double ern = F.bf16 ? bound::sumsq_norm_bound(mer, depth, in.d) : 0.0;
     for (int64_t p = p0; p < p1; ++p) {
       const int nq = int(std::min<int64_t>(F.mq, b.nq - p * F.mq));
-      F.tile(nq, b.kp, b.A.p + p * b.kp * F.mq, Bp.p, C.p);
-      consume(p, nq, n0, rows, static_cast<const float*>(C.p), rn, ern);
+      F.tile(nq, b.kp, b.A.p + p * b.kp * F.mq, Bp.p, C.p, rowmax.data());
+      consume(p, nq, n0, rows, static_cast<const float*>(C.p), static_cast<const float*>(rowmax.data()), rn, ern);
     }
   }
 }
