@@ -1,13 +1,15 @@
 """``s4g-export``: a checkpoint → a self-describing model bundle folder for the torch-free engine.
 
 ``s4g-export CHECKPOINT --out models/NAME [--fp16] [--weights fp16] [--with-features]
-[--tensorrt [--int8 --calib-split ...]] [--opset 17]`` writes
+[--tensorrt [--int8 --calib-split ...]] [--cpu-int8 --calib-dataset D --calib-root R] [--opset 17]`` writes
 
 * ``ground.onnx``, ``aerial.onnx`` — one graph per view: input ``image`` float32 ``(B, 3, H, W)`` with a dynamic
   batch axis and the view's fixed size; output ``embedding`` float32 ``(B, D)``, L2-normalised inside the graph;
   with ``--with-features`` also ``features`` ``(B, C, h, w)`` (the last feature map, for s4g-viz). Each is a
   single self-contained file (no ``.onnx.data``).
 * ``*.fp16.onnx`` (``--fp16``) — computes in float16 (for GPUs), float32 in and out.
+* ``*.int8.onnx`` (``--cpu-int8``) — static int8 for CPUs, calibrated on the training split, kept only at
+  cosine ≥ 0.999 (:mod:`s4g_train.cpu_int8`); the engine uses it only where it measures fastest.
 * ``config.json`` — the data contract per view (:class:`s4g_engine.preprocess.DataContract`: input size,
   mean/std, interpolation, JPEG draft decoding, RGB, NCHW, polar), embed dim, backbone, sha256 per file, model
   fingerprint, parity figures and provenance (checkpoint, dataset, command, metrics). The contract is the
@@ -183,13 +185,15 @@ def parity(model: S4GModel, path: Path, size: tuple[int, int], *, threshold: flo
 def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = False, weights: str = "fp32",
                   with_features: bool = False, opset: int = MIN_OPSET, contract: DataContract | None = None,
                   provenance: dict[str, Any] | None = None, tensorrt: dict[str, Any] | None = None,
-                  name: str | None = None) -> dict[str, Any]:
+                  name: str | None = None, cpu_int8: dict[str, list[np.ndarray]] | None = None) -> dict[str, Any]:
     """Export ``model`` to the bundle folder ``out`` (atomically replaced); returns the config.json dict.
 
     ``contract``: the data contract recorded per view (default: the model's sizes and backbone mean/std with
     the defaults of :func:`s4g_train.data.checkpoint_contract`); its input sizes must be the model's.
     ``weights="fp16"`` stores the fp32 graphs' weights as float16 (half the size, fp32 compute).
     ``tensorrt``: keyword arguments for :func:`s4g_train.tensorrt_build.build_engines` (None = no engines).
+    ``cpu_int8``: view → preprocessed batches of TRAINING images; adds ``<view>.int8.onnx`` (static int8 for
+    CPUs, :mod:`s4g_train.cpu_int8`) where its cosine to the eager model on held-out ones reaches 0.999.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be ≥ {MIN_OPSET} (LayerNormalization), got {opset}")
@@ -218,10 +222,19 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
             f32 = tmp / f"{view}.onnx"
             log.info("exporting %s view %s → %s", view, size, f32.name)
             _export_onnx(EmbedGraph(model, with_features=with_features).eval(), dummy, f32, opset, outputs)
+            int8 = None
+            if cpu_int8 is not None and view in cpu_int8:  # quantised from the float32 weights
+                from s4g_train.cpu_int8 import quantize_view
+
+                int8 = quantize_view(model, f32, tmp / f"{view}.int8.onnx", cpu_int8[view])
             if weights == "fp16":
                 _fp16_weights(f32)
             par[view] = {"fp32": parity(model, f32, size, threshold=PARITY_FP32, with_features=with_features)}
             vfiles: dict[str, Any] = {"fp32": f32.name}
+            if int8 is not None:
+                par[view]["int8"] = int8
+                if int8["kept"]:
+                    vfiles["int8"] = f"{view}.int8.onnx"
             if half_model is not None:
                 f16 = tmp / f"{view}.fp16.onnx"
                 _export_onnx(EmbedGraph(half_model, half=True, with_features=with_features).eval(), dummy, f16,
@@ -332,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "serve a model differently from how it was trained")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT + a GPU)")
     p.add_argument("--int8", action="store_true", help="TensorRT INT8 with calibration (implies --tensorrt)")
+    p.add_argument("--cpu-int8", action="store_true",
+                   help="also write <view>.int8.onnx (static int8 for CPUs with VNNI/AMX, calibrated on the training "
+                        "split; kept only at cosine >= 0.999; used where it is the fastest, see s4g_engine.backends)")
     p.add_argument("--calib-dataset", default=None, help="dataset name for INT8 calibration images")
     p.add_argument("--calib-root", default=None, help="dataset root for INT8 calibration images")
     p.add_argument("--calib-split", default="train", help="split the calibration images come from")
@@ -370,6 +386,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"s4g-export: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
+    cpu_int8 = None
+    if args.cpu_int8:
+        from s4g_train.cpu_int8 import training_batches
+
+        if not (args.calib_dataset and args.calib_root):
+            print("s4g-export: --cpu-int8 needs training images: --calib-dataset NAME --calib-root DIR "
+                  "[--calib-split train]", file=sys.stderr)
+            return 2
+        try:
+            cpu_int8 = {v: training_batches(v, contract[v].to_config(), dataset=args.calib_dataset,
+                                            root=args.calib_root, split=args.calib_split, count=args.calib_images)
+                        for v in ("ground", "aerial")}
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"s4g-export: --cpu-int8: {exc}", file=sys.stderr)
+            return 2
     prov = _provenance(args.checkpoint, info, argv)
     prov["input_sizes_from"] = info.get("input_sizes_from")
     if args.train_command:
@@ -377,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = export_bundle(model, args.out, fp16=args.fp16, weights=args.weights,
                                with_features=args.with_features, opset=args.opset, contract=contract,
-                               provenance=prov, tensorrt=trt_kwargs)
+                               provenance=prov, tensorrt=trt_kwargs, cpu_int8=cpu_int8)
     except (ExportError, ValueError) as exc:
         print(f"s4g-export: {exc}", file=sys.stderr)
         return 1

@@ -261,3 +261,58 @@ def test_localiser_auto_backend_records_its_choice_and_keeps_accuracy(bundle):
         if choice["source"] == "calibrated":
             assert again.encoder_choice["ground"]["source"] == "cache"
             assert again.encoder_choice["ground"]["runtime"] == choice["runtime"]
+
+
+# -- the optional int8 graph ---------------------------------------------------------------------------------
+def _training_batches(contract, view, n=4, batch=4, seed=40):
+    """Stand-in for training-split images: smooth random pictures through the view's own preprocessing."""
+    from s4g_engine.backends.selection import calibration_batch
+
+    spec = contract[view]
+    return [calibration_batch(spec.normalise_batch, spec.stage_size, batch, seed=seed + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["as-exported", "forced-low-accuracy"])
+def test_int8_graph_is_kept_only_when_accurate_and_never_picked_when_not(tmp_path, monkeypatch, force):
+    pytest.importorskip("onnxruntime.quantization")
+    from test_export import tiny_model
+
+    from s4g_train import cpu_int8
+    from s4g_train.data import checkpoint_contract
+
+    model = tiny_model(3)
+    contract = checkpoint_contract(model, None)
+    if force:  # keep the graph whatever its accuracy: the engine must still refuse a degraded one
+        monkeypatch.setattr(cpu_int8, "PARITY_INT8", -1.0)
+    batches = {v: _training_batches(contract, v) for v in ("ground", "aerial")}
+    from s4g_train.export import export_bundle
+
+    cfg = export_bundle(model, tmp_path / "b", cpu_int8=batches)
+    info = cfg["parity"]["ground"]["int8"]
+    assert info["calibration_images"] == 12 and info["check_images"] == 4
+    assert info["kept"] == (force or info["min_cosine"] >= 0.999)
+    assert ("int8" in cfg["views"]["ground"]["files"]) == info["kept"]
+    assert (tmp_path / "b" / "ground.int8.onnx").is_file() == info["kept"]
+    if not info["kept"]:
+        return
+    x = batches["ground"][0]
+    with torch.no_grad():
+        ref = model.embed(torch.from_numpy(x)).numpy()
+    try:
+        loc = Localiser.from_dir(tmp_path / "b", device="cpu", precision="int8", batch_size=4)
+    except ValueError as exc:  # no int8 runtime reached 0.999 against float32 on this machine: refused, fine
+        assert "accuracy threshold" in str(exc)
+        return
+    with loc:
+        assert loc.encoder_choice["ground"]["precision"] == "int8"
+        got = loc.encoders["ground"](x)
+        assert _cos(got, ref).min() >= COSINE_REDUCED - 1e-3  # calibrated inputs differ from these a little
+
+
+def test_calibration_split_must_be_training_data():
+    from s4g_train.cpu_int8 import check_calibration_split
+
+    check_calibration_split("train")
+    for bad in ("test", "val", "eval", "TEST_2"):
+        with pytest.raises(ValueError, match="training split"):
+            check_calibration_split(bad)

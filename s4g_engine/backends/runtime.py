@@ -110,7 +110,7 @@ def cpu_encoder(graphs: Mapping[str, Path], shas: Mapping[str, str], *,
     def build(c: Candidate) -> Any:
         return ready.pop(c) if c in ready else build_candidate(c, Path(graphs[c.graph]), threads, batch_size)
 
-    if len(cands) == 1:
+    if len(cands) == 1 and cands[0].precision == "fp32":
         return build(cands[0]), CpuEncoderChoice(cands[0], "only", cpu_kind=cpu.kind)
     cache = cache if cache is not None else ChoiceCache()
     key = {"machine": cpu.key, "cpu": cpu.to_dict(), "runtimes": runtime_versions(), "threads": threads,
@@ -124,7 +124,11 @@ def cpu_encoder(graphs: Mapping[str, Path], shas: Mapping[str, str], *,
         return build(chosen), CpuEncoderChoice(chosen, "cache", hit["measurements"], cpu.kind)  # type: ignore[index]
     batch = calibration_batch(prepare, stage_hw, int(batch_size))
     built: dict[Candidate, Any] = {}
-    ms = calibrate(cands, build, batch, built=built)
+    reference = None
+    if cands[0].precision != "fp32":  # reduced precision only: the cosines still need a float32 reference
+        ref_c = Candidate("onnxruntime" if "onnxruntime" in runtimes else "openvino", "fp32", "fp32")
+        reference = np.asarray(build(ref_c)(batch))
+    ms = calibrate(cands, build, batch, built=built, reference=reference)
     best = choose(ms)
     table = [m.to_dict() for m in ms]
     for m in ms:

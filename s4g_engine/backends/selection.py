@@ -150,12 +150,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def calibrate(candidates: Sequence[Candidate], build: Callable[[Candidate], Callable[[np.ndarray], np.ndarray]],
               batch: np.ndarray, *, rounds: int = 5, max_seconds: float = 30.0,
-              built: dict[Candidate, Any] | None = None) -> list[Measurement]:
+              built: dict[Candidate, Any] | None = None,
+              reference: np.ndarray | None = None) -> list[Measurement]:
     """Build and time every candidate on ``batch``: one warm-up, then ``rounds`` interleaved rounds (each
     candidate once per round, so load on a shared machine hits all alike), median per candidate; stops
-    after the first round once ``max_seconds`` have passed. The first buildable candidate's output is the
-    reference of the cosines (put the float32 reference path first). ``built`` receives the encoders, so
-    that the chosen one need not be built twice."""
+    after the first round once ``max_seconds`` have passed. Cosines are against ``reference`` (float32
+    embeddings of ``batch``), else against the first buildable candidate's output, which must then be the
+    float32 reference path. ``built`` receives the encoders, so the chosen one need not be built twice."""
     encs: dict[Candidate, Callable[[np.ndarray], np.ndarray]] = {} if built is None else built
     errors: dict[Candidate, str] = {}
     outs: dict[Candidate, np.ndarray] = {}
@@ -165,7 +166,7 @@ def calibrate(candidates: Sequence[Candidate], build: Callable[[Candidate], Call
             outs[c] = np.asarray(enc(batch))  # warm-up (compiles lazy shapes) and the embeddings compared
             encs[c] = enc
         except Exception as exc:  # noqa: BLE001 - a runtime that fails here is simply not chosen
-            errors[c] = f"{type(exc).__name__}: {exc}"
+            errors[c] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             log.warning("encoder candidate %s failed: %s", c.label, errors[c])
     times: dict[Candidate, list[float]] = {c: [] for c in encs}
     start = time.perf_counter()
@@ -176,7 +177,7 @@ def calibrate(candidates: Sequence[Candidate], build: Callable[[Candidate], Call
             times[c].append(time.perf_counter() - t)
         if time.perf_counter() - start > max_seconds:
             break
-    ref = outs[next(iter(encs))] if encs else None
+    ref = reference if reference is not None else (outs[next(iter(encs))] if encs else None)
     out = []
     for c in candidates:
         if c in errors:
