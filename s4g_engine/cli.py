@@ -58,14 +58,17 @@ def _positive_int(text: str) -> int:
 def _localiser(args: argparse.Namespace, **kw: Any) -> Any:
     from s4g_engine.localiser import Localiser
 
-    return Localiser.from_dir(args.model, device=args.device, backend=args.backend, batch_size=args.batch_size,
-                              **kw)
+    return Localiser.from_dir(args.model, device=args.device, backend=args.backend, precision=args.precision,
+                              batch_size=args.batch_size, **kw)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="exported model bundle folder (models/NAME)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt"),
+                   help="encoder runtime; auto = on the CPU the fastest at full accuracy, measured once per machine")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16", "int8"),
+                   help="encoder precision; auto allows bf16/int8 on the CPU only where cosine >= 0.999")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("-v", "--verbose", action="store_true")
     add_debug_flag(p)
