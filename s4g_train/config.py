@@ -145,6 +145,10 @@ class TrainConfig:
     # EMA of the weights (s4g_train/ema.py): decay per step, with the warm-up min(decay, (1+n)/(10+n)). When
     # set, evaluation, best.pt, final.pt and exports hold the EMA weights; last.pt keeps the raw ones + the EMA
     ema_decay: float | None = None
+    # collapse detection (s4g_train/health.py): loss pinned at ln B with all in-batch similarities ≈ 1 for
+    # collapse_window consecutive steps → stop (exit code 3, with advice) | warn | off
+    collapse: str = "stop"
+    collapse_window: int = 50
 
 
 SELECTIONS = ("auto", "last", "best-val", "best-test")
@@ -379,6 +383,9 @@ def validate(cfg: Config) -> None:
         bad(f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be ≥ 0")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
         bad(f"train.label_smoothing={cfg.train.label_smoothing}: must be in [0, 1)")
+    if t.collapse not in ("stop", "warn", "off") or t.collapse_window < 1:
+        bad(f"train.collapse={t.collapse!r}, train.collapse_window={t.collapse_window}: expected stop, warn or off "
+            "and a window ≥ 1 step")
     if t.init is not None and not os.path.isfile(t.init):
         bad(f"train.init={t.init!r}: no such checkpoint file; give our best.pt/last.pt or a published .pth")
     _validate_eval(cfg, bad)

@@ -44,6 +44,7 @@ from s4g_train.device import configure_backends, cuda_search_available, pick_amp
 from s4g_train.ema import restore_ema
 from s4g_train.evaluate import embed_training_pairs, evaluate_split, format_table, subset_split, torch_embed_fns
 from s4g_train.feed import TrainFeed
+from s4g_train.health import EXIT_COLLAPSED, TrainingCollapsed, monitor_for_run
 from s4g_train.model import S4GModel
 from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
@@ -98,6 +99,8 @@ class Trainer:
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        self.health = monitor_for_run(cfg, self.steps_per_epoch, record=self.log.write,  # collapse detection
+                                      share=dist.broadcast_object if self.distributed else None)
         if resume:
             self._restore(run_dir / "checkpoints" / "last.pt")
         elif self.main:
@@ -242,6 +245,7 @@ class Trainer:
             self.epoch_losses.append(loss)
             self.epoch_hards.append(hard)
             self.step += 1
+            self.health.observe(self.step, loss, hard)  # raises TrainingCollapsed (train.collapse=stop)
             self.schedule.advance()
             last = self.elapsed() - ts
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.train_step.lr():.2e}")
@@ -510,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
                 "cut, not shortened" if tr.stop_reason == "time_budget" else "train.stop_after_epochs"
             print(f"stopped after {tr.epoch} of {tr.epochs} epochs ({why}); continue with "
                   f"s4g-train --resume {run_dir}")
+    except TrainingCollapsed as exc:
+        if tr.main:
+            print(f"s4g-train: {exc}", file=sys.stderr)
+        return EXIT_COLLAPSED
     finally:
         tr.close()
     return 0
