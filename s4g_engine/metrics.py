@@ -121,6 +121,32 @@ def localisation_errors(query_emb: Any, ref_emb: Any, ref_latlon: Any, true_latl
     return metre_errors(ref_ll[np.asarray(idx)[:, 0]], true_latlon, thresholds)
 
 
+def vigor_true_latlon(ref_latlon: Any, positive: Any, offsets: Any) -> np.ndarray:
+    """VIGOR ground truth position of each query (docs/METHOD.md §7): the centre of its positive tile moved by
+    the split's offset, i.e. by the pixel offset × metres per pixel (``offsets[:, 0]`` = (north_m, east_m), as
+    :func:`s4g_engine.datasets.vigor.offsets_from_delta` converts it), on the sphere of R = 6,371,004 m.
+
+    ``ref_latlon`` (N, 2) tile centres (degrees), ``positive`` (Q,) tile ids, ``offsets`` (Q, s, 2) metres with
+    the positive first → float64 (Q, 2) latitude/longitude in degrees. (The panorama's file name carries the
+    same position, rounded; the label is what the VIGOR evaluation code uses.)
+    """
+    from s4g_engine.geo import offset_latlon
+
+    ref = np.asarray(ref_latlon, dtype=np.float64)
+    pos = np.asarray(positive)
+    off = np.asarray(offsets, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[1] != 2:
+        raise ValueError(f"ref_latlon must be (N, 2) lat/lon degrees, got {ref.shape}")
+    if pos.ndim != 1 or (pos.size and (pos.dtype.kind not in "iu" or pos.min() < 0 or pos.max() >= ref.shape[0])):
+        raise ValueError(f"positive must be (Q,) integer tile ids in [0, {ref.shape[0]}), got shape {pos.shape} "
+                         f"dtype {pos.dtype}")
+    if off.ndim != 3 or off.shape[0] != pos.shape[0] or off.shape[2] != 2 or off.shape[1] < 1:
+        raise ValueError(f"offsets must be (Q={pos.shape[0]}, s, 2) (north_m, east_m) with the positive first, "
+                         f"got {off.shape}")
+    lat, lon = offset_latlon(ref[pos, 0], ref[pos, 1], off[:, 0, 0], off[:, 0, 1])
+    return np.column_stack([lat, lon])
+
+
 def _good_rows(scores: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Positions (0-based) of the good items in the gallery ranking, best first, ties in their favour:
     row_i = #{non-good items scoring > s_(i)} + i, s_(i) the i-th highest good score."""

@@ -150,9 +150,11 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
         res = dict(M.university_metrics(q, r, split.query_classes, split.reference_classes))
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
-    if split.offsets.size and np.isfinite(split.query_gps).all() and np.isfinite(split.reference_gps).all():
-        # VIGOR: metre error of the top-1 tile's centre (docs/METHOD.md §7)
-        errs = M.localisation_errors(q, r, split.reference_gps, split.query_gps)
+    if split.offsets.size and np.isfinite(split.reference_gps).all():
+        # VIGOR: metre error of the top-1 tile's centre against the labelled position (positive tile centre +
+        # pixel offset × metres/px; docs/METHOD.md §7)
+        truth = M.vigor_true_latlon(split.reference_gps, split.positive, split.offsets)
+        errs = M.localisation_errors(q, r, split.reference_gps, truth)
         res.update({f"metre_{k}": float(v) for k, v in errs.items()})
     res = {k: float(v) for k, v in res.items()}
     res["queries"] = float(len(split.queries))
@@ -161,11 +163,19 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     return res, q, r
 
 
+#: VIGOR columns of :func:`format_table` (metric key → header): hit rate and the top-1 tile's metre error.
+VIGOR_COLUMNS = {"hit_rate": "hit rate", "metre_median_m": "median m", "metre_mean_m": "mean m",
+                 "metre_acc@10m": "≤10 m %", "metre_acc@25m": "≤25 m %", "metre_acc@50m": "≤50 m %"}
+
+
 def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] = ("R@1", "R@5", "R@10", "R@1%")) -> str:
-    """A markdown table: one row per name, columns = keys present in any row."""
-    extra = [k for k in ("hit_rate", "AP") if any(k in v for v in rows.values())]
+    """A markdown table: one row per name, columns = keys present in any row (+ hit rate, metre errors and AP
+    when a row has them)."""
+    headers = {**VIGOR_COLUMNS, "AP": "AP"}
+    extra = [k for k in headers if any(k in v for v in rows.values())]
     cols = list(keys) + extra
-    lines = ["| " + " | ".join(["model"] + cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    names = [headers.get(c, c) for c in cols]
+    lines = ["| " + " | ".join(["model"] + names) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, m in rows.items():
         cells = [f"{m[c]:.2f}" if c in m and m[c] is not None else "" for c in cols]
         lines.append("| " + " | ".join([name] + cells) + " |")
