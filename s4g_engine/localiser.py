@@ -48,9 +48,11 @@ class LocaliseResult:
     index; ``ids`` ``n`` lists of ``k`` reference ids; ``coords`` float64 ``(n, k, 2)`` (lat, lon) degrees.
     An approximate (IVF-PQ) index may find fewer than ``k`` candidates; the missing ones are marked by the
     sentinel index −1, with score −inf, id ``""`` and NaN coords, and are left out of :meth:`to_geojson` and
-    :meth:`to_dict` (whose output is strict JSON: no NaN, no Infinity). ``timings`` seconds per stage:
-    ``decode_s`` (time the encoder waited for decoded/preprocessed images), ``encode_s``, ``search_s``,
-    ``total_s``.
+    :meth:`to_dict` (whose output is strict JSON: no NaN, no Infinity). ``timings`` seconds per stage on the
+    calling thread, adding up to ``total_s``: ``decode_s`` (time the encoder waited for decoded/preprocessed
+    images), ``encode_s``, ``search_s``, ``other_s`` (validation, result building); plus the decode pool's
+    own work, overlapped with the encoder when pipelined: ``decode_work_s`` (decode + resize) and
+    ``preprocess_work_s`` (normalisation / polar transform).
     """
 
     scores: np.ndarray

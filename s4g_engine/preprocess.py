@@ -40,7 +40,7 @@ from PIL import Image, ImageOps
 from s4g_engine.errors import CorruptFileError, FormatError, InputError, InputTypeError, S4GError
 from s4g_engine.imagecheck import (BYTES_TYPES, check_array_layout, check_image_path, describe_source,
                                    open_image)
-from s4g_engine.limits import check_pixels
+from s4g_engine.limits import check_bytes, check_pixels
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ _ORIENT = {
 }
 
 
-def _fast_jpeg(path: Path, draft_size: Sequence[int] | None) -> np.ndarray | None:
+def _fast_jpeg(path: Path | bytes, draft_size: Sequence[int] | None) -> np.ndarray | None:
     """Decode a baseline/progressive YCbCr or grey JPEG with libjpeg-turbo (simplejpeg) at the same DCT scale
     as Pillow's ``draft`` and apply the EXIF orientation — bit-identical to the Pillow path (same libjpeg
     algorithms: accurate integer IDCT, fancy upsampling) at about half its cost per image. Returns None
@@ -406,7 +406,14 @@ def _fast_jpeg(path: Path, draft_size: Sequence[int] | None) -> np.ndarray | Non
     sj = _simplejpeg()
     if sj is None:
         return None
-    data = path.read_bytes()
+    if isinstance(path, BYTES_TYPES):  # encoded bytes: their size limit first (Pillow's path reports it)
+        data = bytes(path)
+        try:
+            check_bytes(len(data), "image bytes")
+        except S4GError:
+            return None
+    else:
+        data = path.read_bytes()
     if data[:3] != b"\xff\xd8\xff":
         return None
     orientation = _exif_orientation(data)
@@ -414,7 +421,7 @@ def _fast_jpeg(path: Path, draft_size: Sequence[int] | None) -> np.ndarray | Non
         return None
     try:
         h, w, colorspace, _ = sj.decode_jpeg_header(data)
-        check_pixels(w, h, str(path))  # too large: Pillow's path below refuses it with the LimitError
+        check_pixels(w, h, describe_source(path))  # too large: Pillow's path below refuses it with the LimitError
         if colorspace not in ("YCbCr", "Gray"):
             return None
         s = 1
@@ -446,7 +453,7 @@ def _open(path: Path, draft_size: Sequence[int] | None, size: Sequence[int] | No
     encoded = isinstance(path, BYTES_TYPES)  # the bytes of an image file, as a web service holds them
     if not encoded:
         check_image_path(path)  # missing, a folder, a device, too many bytes (pixels: open_image, _fast_jpeg)
-    fast = _fast_jpeg(path, draft_size) if not encoded and path.suffix.lower() not in _NOT_JPEG else None
+    fast = _fast_jpeg(path, draft_size) if encoded or path.suffix.lower() not in _NOT_JPEG else None
     if fast is not None:
         return fast if size is None else resize_uint8(fast, size, interpolation)
     try:

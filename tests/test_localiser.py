@@ -414,8 +414,12 @@ def test_fast_jpeg_decode_is_bit_identical_to_pillow(tmp_path, monkeypatch, draf
     fast = {p: preprocess._open(p, draft, None, "bilinear") for p, _ in cases}
     for p, handled in cases:
         assert (preprocess._fast_jpeg(p, draft) is not None) == handled, p.name
+    data = {p: p.read_bytes() for p, _ in cases}  # encoded bytes (as a web service holds them) take the same path
+    assert all((preprocess._fast_jpeg(data[p], draft) is not None) == handled for p, handled in cases)
+    fast_bytes = {p: preprocess._open(data[p], draft, None, "bilinear") for p, _ in cases}
     monkeypatch.setattr(preprocess, "_simplejpeg", lambda: None)  # Pillow only
     for p, _ in cases:
         ref = preprocess._open(p, draft, None, "bilinear")
         assert fast[p].shape == ref.shape and fast[p].dtype == np.uint8, p.name
         np.testing.assert_array_equal(fast[p], ref, err_msg=p.name)
+        np.testing.assert_array_equal(fast_bytes[p], ref, err_msg=p.name)
