@@ -32,6 +32,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ from s4g_engine.errors import InputError, S4GError, StateError
 from s4g_engine.fileio import atomic_write_text
 from s4g_engine.logs import setup_logging
 from s4g_train.config import Config, apply_dict, build_config, load_yaml, split_cli_overrides
+from s4g_train.health import EXIT_COLLAPSED, TrainingCollapsed
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,9 @@ def run_pipeline(cfg: Config, run_dir: Path, opts: DemoOptions | None = None, co
 
     t0 = time.perf_counter()
     opts = opts or DemoOptions()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("s4g-pipeline runs in one process; expected no torchrun. For multi-GPU training run "
+                         "torchrun … -m s4g_train.trainer, then s4g-export, s4g-index build and s4g-localise")
     if not cfg.data.synthetic:
         raise InputError("s4g-pipeline trains on the synthetic world (data.synthetic: true); expected a synthetic "
                          "config such as --preset synthetic. For real datasets run the stages yourself: s4g-train, "
@@ -383,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(str(exc)) from exc
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.train.runs_dir) / cfg.train.name
     opts = DemoOptions(seed=args.demo_seed, pairs=args.demo_pairs, queries=args.demo_queries, k=args.k)
-    summary = run_pipeline(cfg, run_dir, opts, command="s4g-pipeline " + " ".join(argv))
+    try:
+        summary = run_pipeline(cfg, run_dir, opts, command="s4g-pipeline " + " ".join(argv))
+    except TrainingCollapsed as exc:  # the trainer's own exit code for it; the message says what to change
+        print(f"s4g-pipeline: {exc}", file=sys.stderr)
+        return EXIT_COLLAPSED
     print(format_summary(summary))
     return 0
 

@@ -406,10 +406,6 @@ class Trainer:
         dist.barrier()
         return res
 
-    def final_eval(self) -> dict[str, float]:
-        """:meth:`finish` with the evaluation (the name earlier code calls)."""
-        return self.finish(evaluate=True)
-
     def close(self) -> None:
         self.feed.close()
         self.log.close()
