@@ -50,7 +50,7 @@ class WeightEMA:
             p.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, model: torch.nn.Module, cfg: Any) -> "WeightEMA | None":
+    def from_config(cls, model: torch.nn.Module, cfg: Any) -> WeightEMA | None:
         """The EMA of ``model`` when ``cfg.train.ema_decay`` is set, else None."""
         decay = cfg.train.ema_decay
         return None if decay is None else cls(model, decay)

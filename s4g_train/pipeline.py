@@ -35,9 +35,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -348,9 +349,9 @@ def format_summary(s: Summary) -> str:
         f"  geojson: {s.geojson}  (results: {s.results})",
         f"  picture: {s.pictures[0] if s.pictures else '-'}" + (f"  (+{len(s.pictures) - 1} more)"
                                                                if len(s.pictures) > 1 else ""),
-        f"  demo:    true tile ranked first for {d['top1_true_tile']}/{d['panoramas']} panoramas, median top-1 "
-        f"error {d['median_top1_error_m']:.1f} m",
-        "  time:    " + " | ".join(f"{x.name} {x.seconds:.0f} s{' (reused)' if x.reused else ''}" for x in s.stages),
+        (f"  demo:    true tile ranked first for {d['top1_true_tile']}/{d['panoramas']} panoramas, median "
+         f"top-1 error {d['median_top1_error_m']:.1f} m"),
+        "  time:    " + " | ".join(f"{x.name} {x.seconds:.0f} s{' (reused)' * x.reused}" for x in s.stages),
     ]
     return "\n".join(lines)
 
@@ -358,8 +359,10 @@ def format_summary(s: Summary) -> str:
 # ---------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="s4g-pipeline", description="The whole job: synthetic world → train → export a bundle → index a fresh "
-        "synthetic city with it → localise panoramas → GeoJSON, pictures and a summary. Rerun to resume.")
+        prog="s4g-pipeline",
+        description="The whole job: synthetic world → train → export a bundle → index a fresh synthetic city "
+        "with it → localise panoramas → GeoJSON, pictures and a summary. Rerun to resume. Override any config "
+        "field with --set section.field=value.")
     p.add_argument("--preset", default="synthetic", help="training preset (default: synthetic)")
     p.add_argument("--config", help="a YAML config file (applied after the preset)")
     p.add_argument("--run-dir", help="where everything goes (default: <train.runs_dir>/<train.name>)")

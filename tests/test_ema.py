@@ -52,8 +52,8 @@ def test_update_matches_a_float64_reference(decay: float) -> None:
         d_used = ema.update(model)
         d = min(decay, (1.0 + n) / (10.0 + n))
         assert d_used == pytest.approx(d, abs=0.0)
-        for k in ref:
-            ref[k] = d * ref[k] + (1.0 - d) * model.state_dict()[k].double()
+        now = model.state_dict()
+        ref = {k: d * v + (1.0 - d) * now[k].double() for k, v in ref.items()}
     got = ema.module.state_dict()
     for k, v in ref.items():
         np.testing.assert_allclose(got[k].double().numpy(), v.numpy(), rtol=1e-5, atol=1e-5, err_msg=k)
