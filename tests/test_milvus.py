@@ -105,11 +105,12 @@ def test_index_choice_by_size() -> None:
 def test_cli_build_and_localise_round_trip(tmp_path: Path, capsys) -> None:
     tiles, csv_path = make_gallery(tmp_path, 30, seed=9)
     uri, npz = str(tmp_path / "tiles.db"), tmp_path / "tiles.npz"
-    common = ["--model", str(MODEL), "--images", str(tiles), "--coords", str(csv_path), "--device", "cpu"]
+    common = ["--model", str(MODEL), "--images", str(tiles), "--coords", str(csv_path), "--device", "cpu",
+              "--backend", "onnxruntime"]
     assert index_main(["build", *common, "--index-backend", "milvus", "--uri", uri]) == 0
     assert index_main(["build", *common, "--index-backend", "exact", "--out", str(npz)]) == 0
     queries = [str(p) for p in make_queries(tmp_path / "q", 4)]
-    with Localiser.from_dir(MODEL, device="cpu") as loc:
+    with Localiser.from_dir(MODEL, device="cpu", backend="onnxruntime") as loc:
         loc.load_index(npz)
         want = loc.localise(queries, k=5)
         assert loc.load_index(uri) == 30

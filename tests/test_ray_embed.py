@@ -26,6 +26,8 @@ from s4g_engine.index import ReferenceIndex  # noqa: E402
 from s4g_engine.shards import Manifest  # noqa: E402
 
 N_TILES = 53  # not a multiple of the shard size: the last shard is short
+#: Options shared by both builds; the encoder runtime is pinned (``auto`` calibrates per machine and batch size).
+SINGLE = ["--batch-size", "4", "--index-backend", "exact", "--device", "cpu", "--backend", "onnxruntime"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     tiles, csv_path = make_gallery(root, N_TILES, seed=5)
     ref = root / "single.npz"
     assert index_main(["build", "--model", str(MODEL), "--images", str(tiles), "--coords", str(csv_path),
-                       "--out", str(ref), "--batch-size", "4", "--index-backend", "exact", "--device", "cpu"]) == 0
+                       "--out", str(ref), *SINGLE]) == 0
     return tiles, csv_path, ref
 
 
@@ -49,8 +51,7 @@ def local_ray():
 
 def _args(tiles: Path, csv_path: Path, out: Path, *extra: str) -> list[str]:
     return ["build", "--model", str(MODEL), "--images", str(tiles), "--coords", str(csv_path), "--out", str(out),
-            "--batch-size", "4", "--index-backend", "exact", "--device", "cpu", "--ray", "--shard-size", "8",
-            "--ray-actors", "2", *extra]
+            *SINGLE, "--ray", "--shard-size", "8", "--ray-actors", "2", *extra]
 
 
 def _assert_same(a_path: Path, b_path: Path) -> None:
