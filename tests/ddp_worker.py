@@ -4,7 +4,8 @@ Every rank builds the same tiny encoder and the same global batch of B pairs, ta
 (``split_global_batch``), embeds it, and computes each loss on the *gathered* global batch (the loss gathers
 with gradient). After ``backward`` DDP has averaged the gradients over ranks; rank 0 writes the losses and
 gradients to ``--out`` (atomically) for comparison with one process on the whole batch. Without torchrun the
-same code runs single-process (the gather is the identity).
+same code runs single-process (the gather is the identity). ``--device cuda`` puts rank r on ``cuda:r`` and
+talks NCCL (the backend s4g-train uses on GPUs); the default is the CPU with gloo.
 """
 
 from __future__ import annotations
@@ -56,27 +57,29 @@ def step(model: nn.Module, params: list[tuple[str, nn.Parameter]], ground: torch
     ge, ae, scale = model(ground, aerial)
     loss = make_loss(name)(ge, ae, scale)
     loss.backward()
-    return float(loss.detach()), {n: p.grad.detach().numpy().copy() for n, p in params}
+    return float(loss.detach()), {n: p.grad.detach().cpu().numpy().copy() for n, p in params}
 
 
-def run(out: Path | None) -> dict[str, np.ndarray]:
-    info = dist.init_distributed()
+def run(out: Path | None, device: str = "cpu") -> dict[str, np.ndarray]:
+    info = dist.init_distributed(use_cuda=device == "cuda")  # cuda: cuda:LOCAL_RANK and NCCL
+    dev = info.device
     model, ground, aerial = make_problem()
+    model, ground, aerial = model.to(dev), ground.to(dev), aerial.to(dev)
     params = list(model.named_parameters())
     net: nn.Module = model
     if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     ids = dist.split_global_batch(np.arange(GLOBAL_B), info.rank, info.world_size)
-    idx = torch.from_numpy(ids)
+    idx = torch.from_numpy(ids).to(dev)
     result: dict[str, np.ndarray] = {"world_size": np.array(info.world_size), "local_ids": ids}
     for name in LOSSES:
         loss, grads = step(net, params, ground[idx], aerial[idx], name)
-        losses = torch.tensor([loss], dtype=torch.float64)
+        losses = torch.tensor([loss], dtype=torch.float64, device=dev)  # NCCL gathers device tensors
         if info.distributed:  # every rank must see the same (global-batch) loss
             parts = [torch.zeros_like(losses) for _ in range(info.world_size)]
             torch.distributed.all_gather(parts, losses)
             losses = torch.cat(parts)
-        result[f"{name}/loss_per_rank"] = losses.numpy()
+        result[f"{name}/loss_per_rank"] = losses.cpu().numpy()
         for n, g in grads.items():
             result[f"{name}/grad/{n}"] = g
     if out is not None and dist.is_main():
@@ -90,5 +93,6 @@ def run(out: Path | None) -> dict[str, np.ndarray]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
-    run(args.out)
+    run(args.out, args.device)

@@ -1,101 +1,210 @@
-"""``s4g-bench train``: training-step throughput of ``s4g-train`` against a straightforward re-creation of the
-reference Sample4Geo loop — same model, batch, data files and device — and the DSS refresh time as a share
-of an epoch.
+"""``s4g-bench train``: s4g-train's training step and embedding against the ceiling the model itself sets,
+and against a re-creation of the reference Sample4Geo loop — same model, input sizes, batch, data files,
+precision and device — plus the DSS refresh time as a share of an epoch.
 
-The reference re-creation (Sample4Geo ``train.py`` / ``CVUSADatasetTrain``) per step: decode both images
-from disk with ``cv2.imread`` (full size), albumentations resize + augment + normalise, flip both / rot90 ↔
-roll, a DataLoader with shuffled batches, ``model(ground)`` and ``model(aerial)`` as two forward passes,
-InfoNCE, ``clip_grad_value_(100)``, AdamW, per-step scheduler. Its autocast is ``torch.cuda.amp`` only, so on
-a CPU it runs float32; we time it like that ("as is") and with bf16 autocast added ("+bf16"), so the
-comparison separates the number format from the rest. When the preset feeds polar tiles, the reference
-re-creation gets the same core polar transform, so both loops see the same inputs.
+Rows (s/step, pairs/s, ``× model step`` = fraction of the ceiling, ``× reference`` = speed-up):
 
-s4g-train's step (``Trainer.train_step`` over its own DataLoader): decoded images cached in RAM at the
-network size, geometric + photometric augmentation on the small arrays, one concatenated forward when both
-views have the same size, channels-last, bf16 autocast on CPUs with native bf16 (fp16 + GradScaler on CUDA).
+* **model step** — the model's own optimisation step on device tensors, no data loading
+  (s4g_train/bench/train_loops.py); with ``--variants`` also fp16 + GradScaler and NCHW, so the precision
+  and layout defaults can be checked.
+* **s4g-train** — ``Trainer.train_step`` fed by the trainer's own :class:`s4g_train.feed.TrainFeed` over its
+  batch schedule: decode (cached in RAM), augmentation, the CPU or device input path, the step.
+  ``--compile`` adds the same with ``train.compile`` and reports the compile time (first step − a step).
+* **reference loop** — cv2 decode every step, albumentations, two forward passes; on a CPU run "as is"
+  (its autocast is ``torch.cuda.amp``: float32) and "+bf16"; on CUDA fp16 + GradScaler as the reference.
+
+Embedding: the model's inference rate per view (eval mode, autocast, device tensors, the embedding batch)
+against s4g's DSS refresh embedding (the training pairs, un-augmented) and evaluation embedding. DSS share:
+refresh (embedding + top-k) / one epoch of s4g-train steps, measured on the run's data and projected to
+CVUSA's 35,532 training pairs (``--cvusa-topk`` times the top-k at that size; default on CUDA).
+Writes JSON (``--out``) and the same figures as Markdown (``--md``, default: ``--out`` with ``.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from s4g_engine.fileio import atomic_write_text
 from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
 
+CVUSA_TRAIN_PAIRS = 35_532
 
-def _reference_dataset(split: Any, cfg: Any, mean: list[float], std: list[float]) -> Any:
-    """Sample4Geo's training dataset, re-created: cv2 decode every time, albumentations per view."""
-    import albumentations as A
-    import cv2
+
+def _row(name: str, t: dict[str, float], batch: int, **extra: Any) -> dict[str, Any]:
+    return {"loop": name, **t, "pairs_per_s": batch / t["s_per_step"], **extra}
+
+
+def _ceiling_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The model step with the run's settings (+ fp16/GradScaler and NCHW variants)."""
+    from s4g_train.bench.train_loops import model_step
+    from s4g_train.device import use_channels_last
+
     import torch
-    from albumentations.pytorch import ToTensorV2
-    from torch.utils.data import Dataset
 
-    from s4g_train.data import photometric, polar_source_size, polar_tensor
-
-    gh, gw = cfg.model.ground_size
-    polar = cfg.model.polar_aerial
-    ah, aw = polar_source_size(cfg.model.aerial_size) if polar else cfg.model.aerial_size
-    norm = [A.Normalize(mean=mean, std=std), ToTensorV2()]
-    t_ground = A.Compose([A.Resize(gh, gw), photometric(cfg.data.aug.jitter, cfg.data.aug.dropout_p), *norm])
-    t_aerial = A.Compose([A.Resize(ah, aw), photometric(cfg.data.aug.jitter, cfg.data.aug.dropout_p),
-                          *([] if polar else norm)])
-
-    class RefTrain(Dataset):
-        def __len__(self) -> int:
-            return len(split.queries)
-
-        def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-            q = cv2.cvtColor(cv2.imread(split.queries[i]), cv2.COLOR_BGR2RGB)
-            r = cv2.cvtColor(cv2.imread(split.references[int(split.positive[i])]), cv2.COLOR_BGR2RGB)
-            if np.random.random() < 0.5:
-                q, r = cv2.flip(q, 1), cv2.flip(r, 1)
-            q = t_ground(image=q)["image"]
-            r = t_aerial(image=r)["image"]
-            if np.random.random() < 0.75:
-                k = np.random.choice([1, 2, 3])
-                if polar:
-                    r = np.ascontiguousarray(np.rot90(r, k))
-                else:
-                    r = torch.rot90(r, k=int(k), dims=(1, 2))
-                q = torch.roll(q, shifts=-int(k) * (gw // 4), dims=2)
-            if polar:
-                r = polar_tensor(r, cfg.model.aerial_size, mean, std)
-            return q, r, i
-
-    return RefTrain()
+    cl = use_channels_last(cfg.train.channels_last, tr.device)
+    kw = dict(batch=cfg.train.batch_size, device=tr.device, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+              label_smoothing=cfg.train.label_smoothing, clip_value=cfg.optim.clip_value, n_warm=args.warmup,
+              n_steps=args.steps, seed=cfg.train.seed)
+    amp_name = str(tr.amp_dtype).replace("torch.", "") if tr.amp_dtype is not None else "float32"
+    scaler = tr.train_step.scaler.is_enabled()
+    variants = [(f"model step ({amp_name}{' + GradScaler' if scaler else ''}, {'NHWC' if cl else 'NCHW'})",
+                 tr.amp_dtype, scaler, cl)]
+    if args.variants and tr.device.type == "cuda":
+        variants += [("model step (float16 + GradScaler, NHWC)", torch.float16, True, True),
+                     (f"model step ({amp_name}, NCHW)", tr.amp_dtype, scaler, False)]
+    rows = []
+    for name, amp, sc, layout in variants:
+        t = model_step(cfg.model, amp_dtype=amp, use_scaler=sc, channels_last=layout, **kw)
+        rows.append(_row(name, t, cfg.train.batch_size, kind="ceiling"))
+        log.info("%s: %.4f s/step", name, t["s_per_step"])
+        if tr.device.type == "cuda":
+            torch.cuda.empty_cache()  # the ceiling's model and optimiser are gone; give their memory back
+    return rows
 
 
-def _time_steps(step_fn: Any, batches: Any, n_warm: int, n_steps: int) -> float:
-    """Median seconds per step (data loading included) over ``n_steps`` after ``n_warm``."""
-    times = []
-    it = iter(batches)
-    for i in range(n_warm + n_steps):
+def _s4g_batches(tr: Any) -> Iterator[Any]:
+    """The trainer's own batches, epoch after epoch, through its feed (persistent workers, device path)."""
+    e = 0
+    while True:
+        e += 1
+        batches = tr.schedule.batches()
+        tr.schedule.end_epoch()
+        yield from tr.feed.epoch(batches, e)
+
+
+def _s4g_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from s4g_train.bench.train_loops import time_steps
+
+    t = time_steps(lambda g, a: tr.train_step(g, a), _s4g_batches(tr), args.warmup, args.steps, tr.device)
+    rows = [_row("s4g-train", t, cfg.train.batch_size, kind="s4g")]
+    if args.compile:
+        from s4g_train.step import TrainStep
+
+        cfg.train.compile = True
+        step = TrainStep(tr.model, cfg, device=tr.device, amp_dtype=tr.amp_dtype,
+                         use_scaler=tr.train_step.scaler.is_enabled(), steps_per_epoch=tr.steps_per_epoch)
+        t = time_steps(lambda g, a: step(g, a), _s4g_batches(tr), args.warmup, args.steps, tr.device)
+        compile_s = (step.first_step_s or t["first_s"]) - t["s_per_step"]  # the first step compiles
+        rows.append(_row("s4g-train + torch.compile", t, cfg.train.batch_size, kind="s4g", compile_s=compile_s))
+        cfg.train.compile = False
+    return rows
+
+
+def _reference_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from s4g_train.bench.train_loops import reference_dataset, reference_step, time_steps
+
+    mean, std = list(tr.contract.ground.mean), list(tr.contract.ground.std)
+    ds = reference_dataset(tr.train_split, cfg, mean, std)
+    cuda = tr.device.type == "cuda"
+    loops = [("reference loop (fp16 autocast + GradScaler, as the reference on CUDA)", torch.float16)] if cuda else \
+        [("reference loop (as is: CUDA-only autocast → fp32 on CPU)", None), ("reference loop + bf16 autocast",
+                                                                             torch.bfloat16)]
+    rows = []
+    for label, amp in loops:
+        step = reference_step(cfg, tr.device, amp)
+
+        def batches() -> Iterator[Any]:
+            while True:
+                yield from DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                                      num_workers=cfg.data.num_workers, pin_memory=cuda)
+
+        t = time_steps(step, batches(), args.warmup, args.steps, tr.device)
+        rows.append(_row(label, t, cfg.train.batch_size, kind="reference"))
+    return rows
+
+
+def _embedding(tr: Any, cfg: Any, res: dict[str, Any], args: argparse.Namespace) -> None:
+    """Model inference rate vs DSS refresh and evaluation embedding; the refresh's share of an epoch."""
+    import torch
+
+    from s4g_train.bench.train_loops import model_inference
+    from s4g_train.device import synchronize
+    from s4g_train.evaluate import torch_embed_fns
+    from s4g_train.sampling import dss_neighbours
+
+    dev, bs = tr.device, cfg.eval.batch_size
+    # NHWC inputs, as s4g's embedding feeds them
+    rate = {v: model_inference(tr.model, size, batch=bs, device=dev, amp_dtype=tr.amp_dtype, channels_last=True)
+            for v, size in (("ground", cfg.model.ground_size), ("aerial", cfg.model.aerial_size))}
+    model_pairs_s = 1.0 / (1.0 / rate["ground"] + 1.0 / rate["aerial"])
+    tr._embed_train(np.arange(min(tr.n, 2 * bs)))  # warm-up: cuDNN tuning for the embedding shapes
+    synchronize(dev)
+    t0 = time.perf_counter()
+    q, r, pos = tr._embed_train()
+    synchronize(dev)
+    t_embed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    dss_neighbours(q, r, pos, cfg.sampling.K)
+    t_topk = time.perf_counter() - t1
+    sp = tr.eval_split
+    eg, ea = torch_embed_fns(tr.model, tr.contract, batch_size=bs, device=dev, amp_dtype=tr.amp_dtype,
+                             num_workers=cfg.data.num_workers, progress=False, stores=tr._eval_stores(sp, None),
+                             device_preprocess=cfg.data.device_preprocess)
+    t2 = time.perf_counter()
+    eg(sp.queries)
+    ea(sp.references)
+    t_eval = time.perf_counter() - t2
+    n_eval = len(sp.queries) + len(sp.references)
+    res["embedding"] = {
+        "batch": bs, "model_img_s": rate, "model_pairs_s": model_pairs_s,
+        "dss_pairs": tr.n, "dss_embed_s": t_embed, "dss_pairs_s": tr.n / t_embed,
+        "dss_x_model": tr.n / t_embed / model_pairs_s,
+        "eval_images": n_eval, "eval_embed_s": t_eval, "eval_img_s": n_eval / t_eval,
+        "eval_x_model": (n_eval / t_eval) / (2.0 * model_pairs_s)}
+    s4g = next(x for x in res["rows"] if x["loop"] == "s4g-train")
+    epoch_s = tr.steps_per_epoch * s4g["s_per_step"]
+    refresh = t_embed + t_topk
+    res["dss"] = {"embed_s": t_embed, "topk_s": t_topk, "refresh_s": refresh, "epoch_s": epoch_s,
+                  "share_of_epoch": refresh / epoch_s, "dss_every": cfg.sampling.dss_every,
+                  "share_per_epoch_amortised": refresh / epoch_s / max(1, cfg.sampling.dss_every)}
+    res["dss"]["cvusa"] = _cvusa_projection(tr, cfg, s4g["s_per_step"], tr.n / t_embed, t_topk, args,
+                                            q if isinstance(q, torch.Tensor) else None)
+
+
+def _cvusa_projection(tr: Any, cfg: Any, step_s: float, embed_pairs_s: float, topk_s: float,
+                      args: argparse.Namespace, like: Any) -> dict[str, Any]:
+    """The refresh share at CVUSA's size: embedding and epoch both scale with N; the top-k is timed at N when
+    asked (random unit vectors; default on CUDA), else scaled by (N / n)² from the measured one."""
+    import torch
+
+    from s4g_train.sampling import dss_neighbours
+
+    n, B = CVUSA_TRAIN_PAIRS, cfg.train.batch_size
+    if args.cvusa_topk if args.cvusa_topk is not None else tr.device.type == "cuda":
+        d = tr.model.embed_dim
+        gen = torch.Generator(device=tr.device).manual_seed(0)
+        emb = torch.nn.functional.normalize(torch.randn(2 * n, d, device=tr.device, generator=gen), dim=1)
+        g, a = (emb[:n], emb[n:]) if like is not None else (emb[:n].cpu().numpy(), emb[n:].cpu().numpy())
         t = time.perf_counter()
-        g, a, _ = next(it)
-        step_fn(g, a)
-        if i >= n_warm:
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        dss_neighbours(g, a, np.arange(n), cfg.sampling.K)
+        topk, how = time.perf_counter() - t, "timed at N"
+    else:
+        topk, how = topk_s * (n / tr.n) ** 2, f"scaled from {tr.n} pairs by (N/n)^2"
+    refresh = n / embed_pairs_s + topk
+    epoch = (n // B) * step_s
+    return {"pairs": n, "embed_s": n / embed_pairs_s, "topk_s": topk, "topk_how": how, "refresh_s": refresh,
+            "epoch_s": epoch, "share_of_epoch": refresh / epoch,
+            "share_per_epoch_at_dss_every_4": refresh / epoch / 4}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
 
     from s4g_train.config import build_config, split_cli_overrides
-    from s4g_train.losses import make_loss
-    from s4g_train.model import S4GModel
+    from s4g_train.device import use_channels_last, use_device_preprocess
     from s4g_train.trainer import Trainer
 
     if args.threads:
@@ -103,88 +212,71 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _, overrides = split_cli_overrides(args.set)
     cfg = build_config(args.preset, None, overrides + [("train.final_eval", "false"), ("eval.every", "100000")])
     B = cfg.train.batch_size
-    tmp = Path(tempfile.mkdtemp(prefix="s4g-bench-train-"))
-    tr = Trainer(cfg, tmp / "run")
-    need = (args.warmup + args.steps) * B
-    res: dict[str, Any] = {"preset": args.preset, "overrides": args.set, "batch_size": B,
-                           "backbone": cfg.model.backbone, "ground_size": list(cfg.model.ground_size),
-                           "aerial_size": list(cfg.model.aerial_size), "polar_aerial": cfg.model.polar_aerial,
-                           "threads": torch.get_num_threads(), "device": str(tr.device),
-                           "amp": str(tr.amp_dtype), "train_pairs": tr.n, "rows": []}
-    if tr.n < need:
+    tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="s4g-bench-train-")) / "run")
+    dev = tr.device
+    res: dict[str, Any] = {
+        "preset": args.preset, "overrides": args.set, "batch_size": B, "backbone": cfg.model.backbone,
+        "ground_size": list(cfg.model.ground_size), "aerial_size": list(cfg.model.aerial_size),
+        "polar_aerial": cfg.model.polar_aerial, "threads": torch.get_num_threads(), "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "torch": torch.__version__,
+        "amp": str(tr.amp_dtype), "grad_scaler": tr.train_step.scaler.is_enabled(),
+        "channels_last": use_channels_last(cfg.train.channels_last, dev),
+        "device_preprocess": use_device_preprocess(cfg.data.device_preprocess, dev), "feed_mode": tr.feed.mode,
+        "num_workers": cfg.data.num_workers, "train_pairs": tr.n, "steps": args.steps, "warmup": args.warmup,
+        "rows": []}
+    if tr.n < (args.warmup + args.steps) * B:
         log.warning("only %d training pairs for %d steps of %d: batches repeat", tr.n, args.warmup + args.steps, B)
-
-    # --- s4g-train
-    def s4g_batches() -> Any:
-        e = 0
-        while True:
-            e += 1
-            from s4g_train.data import EpochBatchSampler
-            batches = tr.schedule.batches()  # the trainer's batch schedule, epoch after epoch
-            tr.schedule.end_epoch()
-            yield from DataLoader(tr.dataset, batch_sampler=EpochBatchSampler(batches, e),
-                                  num_workers=cfg.data.num_workers)
-
-    t_s4g = _time_steps(lambda g, a: tr.train_step(g, a), s4g_batches(), args.warmup, args.steps)
-    res["rows"].append({"loop": "s4g-train", "s_per_step": t_s4g, "pairs_per_s": B / t_s4g})
-
-    # --- reference re-creation (fresh model with the same init, same files)
-    mean, std = list(tr.contract.ground.mean), list(tr.contract.ground.std)
-    ds = _reference_dataset(tr.train_split, cfg, mean, std)
-    for label, amp in (("reference loop (as is: CUDA-only autocast → fp32 on CPU)",
-                        torch.float16 if tr.device.type == "cuda" else None),
-                       ("reference loop + bf16 autocast", torch.bfloat16)):
-        if amp is torch.bfloat16 and tr.device.type == "cuda":
-            continue
-        torch.manual_seed(cfg.train.seed)
-        model = S4GModel(cfg.model).to(tr.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        scaler = torch.amp.GradScaler(tr.device.type, enabled=amp is torch.float16)
-        loss_fn = make_loss("infonce", label_smoothing=cfg.train.label_smoothing)
-
-        def ref_step(g: Any, a: Any) -> None:
-            g, a = g.to(tr.device), a.to(tr.device)
-            ctx = torch.autocast(tr.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-            with ctx:
-                f1 = model.embed(g)
-                f2 = model.embed(a)
-                loss = loss_fn(f1, f2, model.logit_scale.exp())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_value_(model.parameters(), 100.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-
-        def ref_batches() -> Any:
-            while True:
-                yield from DataLoader(ds, batch_size=B, shuffle=True, drop_last=True,
-                                      num_workers=cfg.data.num_workers)
-
-        t_ref = _time_steps(ref_step, ref_batches(), args.warmup, args.steps)
-        res["rows"].append({"loop": label, "s_per_step": t_ref, "pairs_per_s": B / t_ref})
-    base = res["rows"][1]["s_per_step"]
-    for r in res["rows"]:
-        r["speedup_vs_reference_as_is"] = base / r["s_per_step"]
-
-    # --- DSS refresh as a share of an epoch
-    t0 = time.perf_counter()
-    q, r, pos = tr._embed_train()
-    t_embed = time.perf_counter() - t0
-    from s4g_train.sampling import dss_neighbours
-
-    t1 = time.perf_counter()
-    dss_neighbours(q, r, pos, cfg.sampling.K)
-    t_topk = time.perf_counter() - t1
-    epoch_s = tr.steps_per_epoch * t_s4g
-    res["dss"] = {"embed_s": t_embed, "topk_s": t_topk, "refresh_s": t_embed + t_topk, "epoch_s": epoch_s,
-                  "share_of_epoch": (t_embed + t_topk) / epoch_s, "share_per_epoch_amortised":
-                  (t_embed + t_topk) / epoch_s / max(1, cfg.sampling.dss_every),
-                  "dss_every": cfg.sampling.dss_every}
-    tr.close()
+    try:
+        res["rows"] += _ceiling_rows(tr, cfg, args)
+        res["rows"] += _s4g_rows(tr, cfg, args)
+        if not args.no_reference:
+            res["rows"] += _reference_rows(tr, cfg, args)
+        ceiling = res["rows"][0]["s_per_step"]
+        ref = next((x["s_per_step"] for x in res["rows"] if x["kind"] == "reference"), None)
+        for x in res["rows"]:
+            x["x_model_step"] = ceiling / x["s_per_step"]
+            x["x_reference"] = ref / x["s_per_step"] if ref else None
+        _embedding(tr, cfg, res, args)
+    finally:
+        tr.close()
     return res
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    """The figures of one run as Markdown tables."""
+    f = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"**{res['backbone']}**, ground {res['ground_size']}, aerial {res['aerial_size']}"
+             f"{' (polar)' if res['polar_aerial'] else ''}, batch {res['batch_size']}, {res['device']}"
+             f"{' (' + res['gpu'] + ')' if res.get('gpu') else ''}, amp {res['amp']}"
+             f"{' + GradScaler' if res['grad_scaler'] else ''}, channels_last {res['channels_last']}, input path "
+             f"{'device (' + res['feed_mode'] + ')' if res['device_preprocess'] else 'CPU'}, "
+             f"{res['num_workers']} workers, torch {res['torch']}; {res['steps']} timed steps after {res['warmup']}.",
+             "", "| loop | s / step | pairs / s | × model step | × reference |", "|---|---|---|---|---|"]
+    for x in res["rows"]:
+        extra = f" (compile {x['compile_s']:.0f} s)" if "compile_s" in x else ""
+        lines.append(f"| {x['loop']}{extra} | {x['s_per_step']:.4f} | {x['pairs_per_s']:.1f} | "
+                     f"{f(x['x_model_step'])} | {f(x['x_reference'])} |")
+    e, d = res.get("embedding"), res.get("dss")
+    if e:
+        lines += ["", f"| embedding (batch {e['batch']}) | rate | × model |", "|---|---|---|",
+                  f"| model inference, ground / aerial | {e['model_img_s']['ground']:.0f} / "
+                  f"{e['model_img_s']['aerial']:.0f} img/s ({e['model_pairs_s']:.0f} pairs/s) | 1.00 |",
+                  f"| DSS refresh embedding ({e['dss_pairs']} pairs) | {e['dss_pairs_s']:.0f} pairs/s | "
+                  f"{e['dss_x_model']:.2f} |",
+                  f"| evaluation embedding ({e['eval_images']} images) | {e['eval_img_s']:.0f} img/s | "
+                  f"{e['eval_x_model']:.2f} |"]
+    if d:
+        c = d["cvusa"]
+        lines += ["", f"DSS refresh: {d['refresh_s']:.2f} s (embed {d['embed_s']:.2f} s + top-k {d['topk_s']:.3f} s)"
+                  f" = **{100 * d['share_of_epoch']:.1f} % of an epoch** ({d['epoch_s']:.1f} s); every "
+                  f"{d['dss_every']} epochs → {100 * d['share_per_epoch_amortised']:.1f} % per epoch.",
+                  f"At CVUSA size ({c['pairs']} pairs): {c['refresh_s']:.1f} s (embed {c['embed_s']:.1f} s + top-k "
+                  f"{c['topk_s']:.2f} s, {c['topk_how']}) vs an epoch of {c['epoch_s']:.0f} s = "
+                  f"**{100 * c['share_of_epoch']:.1f} %** per refresh, {100 * c['share_per_epoch_at_dss_every_4']:.1f}"
+                  " % per epoch at dss_every 4."]
+    if res.get("noisy"):
+        lines += ["", "**Noisy run** (the machine was loaded): not figures to report."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 4 timed steps after 1 warm-up")
+    p.add_argument("--variants", action="store_true", help="CUDA: also time the model step in fp16 + GradScaler "
+                   "and in NCHW (to check the precision and layout defaults)")
+    p.add_argument("--compile", action="store_true", help="also time s4g-train with train.compile (torch.compile) "
+                   "and report the compile time")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    p.add_argument("--cvusa-topk", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the DSS top-k at CVUSA size (default: on CUDA only)")
     p.add_argument("--out", default="bench_results/train.json")
+    p.add_argument("--md", default=None, help="Markdown copy of the figures (default: --out with .md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both loops (e.g. --set train.batch_size=32)")
+                   help="config override for every loop (e.g. --set train.batch_size=32)")
     args = p.parse_args(argv)
     args.set = [x for kv in args.set for x in ("--set", kv)]
     if args.quick:
@@ -207,13 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     guard.finish(res)
     out = Path(args.out)
     write_results(out, res)
-    print(f"{'loop':60s} {'s/step':>8s} {'pairs/s':>8s} {'× ref':>6s}")
-    for r in res["rows"]:
-        print(f"{r['loop']:60s} {r['s_per_step']:8.3f} {r['pairs_per_s']:8.1f} {r['speedup_vs_reference_as_is']:6.2f}")
-    d = res["dss"]
-    print(f"DSS refresh: {d['refresh_s']:.1f} s (embed {d['embed_s']:.1f} s + top-k {d['topk_s']:.2f} s) = "
-          f"{100 * d['share_of_epoch']:.1f}% of one epoch ({d['epoch_s']:.1f} s; every {d['dss_every']} epochs → "
-          f"{100 * d['share_per_epoch_amortised']:.1f}% per epoch); wrote {out}")
+    md = to_markdown(res)
+    atomic_write_text(Path(args.md) if args.md else out.with_suffix(".md"), md)
+    print(md)
     return 0
 
 
