@@ -316,3 +316,19 @@ def test_calibration_split_must_be_training_data():
     for bad in ("test", "val", "eval", "TEST_2"):
         with pytest.raises(ValueError, match="training split"):
             check_calibration_split(bad)
+
+
+@needs_openvino
+def test_openvino_encoder_is_thread_safe(bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, _, _ = bundle
+    enc = rt.build_candidate(Candidate("openvino", "fp32", "fp32"), out / "ground.onnx", None, batch_size=4)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((b, 3, *GROUND)).astype(np.float32) for b in (4, 1, 3, 4, 2, 4, 1, 3)]
+    ref = [enc(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(enc, xs))
+            for g, r in zip(got, ref):
+                np.testing.assert_array_equal(g, r)
