@@ -7,7 +7,7 @@
 An :class:`~s4g_engine.errors.S4GError` (bad input, a corrupt or foreign file, a limit, a missing extra) or
 an ``OSError`` (a full disk, a permission, a folder where a file was expected) becomes
 ``s4g-index: error: <message>`` and exit code 2; Ctrl-C exits with 130. Anything else is a bug and keeps
-its traceback. ``--debug`` anywhere before a ``--`` (or ``S4G_DEBUG=1``) shows the traceback of a user
+its traceback; a closed pipe (``| head``) ends quietly with 141. ``--debug`` anywhere before a ``--`` (or ``S4G_DEBUG=1``) shows the traceback of a user
 error too; the wrapper removes the flag, so the script's own parser never sees it (:func:`add_debug_flag`
 only documents it in ``--help``).
 
@@ -17,6 +17,7 @@ Importing this module is cheap (no numpy, no torch): scripts wrap ``main`` at im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -56,6 +57,10 @@ def run_cli(prog: str, main: Callable[[list[str]], int | None], argv: Sequence[s
     args, debug = _split_debug(sys.argv[1:] if argv is None else argv)
     try:
         rc = main(args)
+    except BrokenPipeError:  # the reader went away (`s4g-... | head`): stop quietly, as the shell's tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         if debug:
             raise

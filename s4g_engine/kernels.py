@@ -212,6 +212,9 @@ def polar_transform(
     if a.dtype == np.float32:
         _check_finite("aerial", a.reshape(-1, c))
     scale, bias = _norm_coeffs(mean, std, c, a.dtype == np.uint8)
+    from s4g_engine.limits import check_elements  # LimitError before allocating a huge output
+
+    check_elements(b * height * width * c, "polar_transform output")
     out = _core.polar_transform(a, height, width, scale, bias)
     return out[0] if single else out
 
@@ -246,6 +249,9 @@ def inverse_polar(polar: Any, size: int | tuple[int, int], *, fill: float = floa
     flat = p.ndim == 2
     p = np.ascontiguousarray(p[..., None] if flat else p, dtype=np.float32)
     _check_finite("polar", p.reshape(-1, p.shape[-1]))
+    from s4g_engine.limits import check_elements  # LimitError before allocating a huge output
+
+    check_elements(size * size * p.shape[-1], "inverse_polar output")
     out = _core.inverse_polar(p, size, fill)
     return out[..., 0] if flat else out
 

@@ -30,7 +30,7 @@ from s4g_engine.errors import InputError, LimitError
 log = logging.getLogger(__name__)
 
 __all__ = ["Limits", "get_limits", "set_limits", "limits_override", "check_k", "check_batch", "check_bytes",
-           "check_pixels"]
+           "check_pixels", "check_elements"]
 
 ENV_PREFIX = "S4G_LIMIT_"
 
@@ -52,6 +52,8 @@ class Limits:
     max_topk_results: int = 1 << 28
     #: images per encoder batch.
     max_batch: int = 4096
+    #: elements of one array a kernel is asked to produce (polar maps, inverse polar tiles): 2³⁰ float32 = 4 GiB.
+    max_array_elements: int = 1 << 30
     #: bytes of one HTTP request body (the service).
     max_request_bytes: int = 64 * 1024 * 1024
 
@@ -160,3 +162,12 @@ def check_pixels(width: int, height: int, source: str) -> None:
         raise LimitError(f"{source}: the image declares {width}×{height} = {width * height:,} pixels, more than "
                          f"the limit max_image_pixels={lim.max_image_pixels:,} (checked before decoding); "
                          f"expected a smaller image: downscale it, or {_how('max_image_pixels')}")
+
+
+def check_elements(n: int, what: str) -> int:
+    """Refuse an output array of more than ``max_array_elements`` elements (before it is allocated)."""
+    lim = get_limits()
+    if n > lim.max_array_elements:
+        raise LimitError(f"{what}: {n:,} elements requested, more than the limit max_array_elements="
+                         f"{lim.max_array_elements:,}; expected a smaller output size, or {_how('max_array_elements')}")
+    return n
