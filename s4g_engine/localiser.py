@@ -260,7 +260,8 @@ class Localiser:
         work: dict[str, float] = {}
         t_wait = t_enc = 0.0
         pos = 0
-        it = (self._pipeline.batches(imgs, spec, self.batch_size, stats=work) if pipelined else
+        # One image cannot overlap with anything: prepare it on this thread, sparing the hop to the pool.
+        it = (self._pipeline.batches(imgs, spec, self.batch_size, stats=work) if pipelined and len(imgs) > 1 else
               self._pipeline.batches_inline(imgs, spec, self.batch_size, stats=work))
         try:
             while True:
