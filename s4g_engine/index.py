@@ -19,6 +19,7 @@ score −inf (faiss's own −3.4e38 is normalised to −inf).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -37,6 +38,9 @@ BACKENDS = ("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq")
 AUTO_FP16_MIN = 2_000_000
 AUTO_IVFPQ_MIN = 10_000_000
 MAX_DIM = 1 << 16
+#: Gallery backends in their own module, imported by name when used (the plugin depends on this module, not
+#: the reverse): ``create_index(dim, uri, **kw)``, ``is_gallery_uri(path)``, ``open_index(uri, ...)``.
+PLUGIN_BACKENDS = {"milvus": "s4g_engine.milvus_backend"}
 
 
 def faiss_gpus() -> int:
@@ -127,10 +131,8 @@ class ReferenceIndex:
     """
 
     def __new__(cls, dim: int = 0, *, backend: str = "auto", uri: str | None = None, **kw: Any) -> Any:
-        if backend == "milvus":  # a new gallery in Milvus (s4g_engine.milvus_backend); __init__ is not run
-            from s4g_engine.milvus_backend import create_index
-
-            return create_index(dim, uri, **kw)
+        if backend in PLUGIN_BACKENDS:  # a new gallery in e.g. Milvus; __init__ is not run
+            return importlib.import_module(PLUGIN_BACKENDS[backend]).create_index(dim, uri, **kw)
         return super().__new__(cls)
 
     def __init__(self, dim: int, *, backend: str = "auto", fingerprint: str | None = None,
@@ -329,12 +331,10 @@ class ReferenceIndex:
         (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model).
         """
         from s4g_engine.index_file import read_index
-        from s4g_engine.milvus_backend import is_milvus_uri
-
-        if is_milvus_uri(path):  # a Milvus gallery: a server URI or a Milvus Lite .db file
-            from s4g_engine.milvus_backend import MilvusIndex
-
-            return MilvusIndex.open(str(path), expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)
+        for module in PLUGIN_BACKENDS.values():  # e.g. a Milvus server URI or a Milvus Lite .db file
+            plugin = importlib.import_module(module)
+            if plugin.is_gallery_uri(path):
+                return plugin.open_index(str(path), expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)
         meta, arrays, faiss_index = read_index(path, expected_fingerprint=expected_fingerprint,
                                                expected_dim=expected_dim)
         params = dict(meta["params"])

@@ -55,7 +55,7 @@ class MilvusUnavailableError(S4GError, ConnectionError):
     """The Milvus server (or Milvus Lite file) cannot be reached or opened."""
 
 
-def is_milvus_uri(path: Any) -> bool:
+def is_gallery_uri(path: Any) -> bool:
     """Whether ``path`` names a Milvus gallery: a server URI, or a Milvus Lite ``.db`` file."""
     text = str(path)
     return text.startswith(_URI_PREFIXES) or text.endswith(".db")
@@ -324,3 +324,8 @@ def create_index(dim: int, uri: str | None, *, fingerprint: str | None = None, c
                          "index_type and overfetch")
     return MilvusIndex.create(uri, dim, fingerprint=fingerprint, collection=collection, index_type=index_type,
                               overfetch=overfetch)
+
+
+def open_index(uri: str, *, expected_fingerprint: str | None = None, expected_dim: int | None = None) -> MilvusIndex:
+    """``ReferenceIndex.load(uri)`` of a Milvus gallery (the default collection)."""
+    return MilvusIndex.open(uri, expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)
