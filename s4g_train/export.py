@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4g_engine.fileio import atomic_write_text
+from s4g_engine.bundle import model_fingerprint
+from s4g_engine.fileio import atomic_write_text, publish_folder
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import INTERPOLATIONS, DataContract
 from s4g_train.data import BACKBONE, checkpoint_contract
@@ -92,8 +93,8 @@ def sha256_file(path: Path) -> str:
 
 
 def bundle_fingerprint(embed_dim: int, shas: Sequence[str]) -> str:
-    """The model identity an index is tied to: sha256 over the embed dim and the fp32 view graphs' sha256."""
-    return hashlib.sha256(("s4g|%d|" % embed_dim + "|".join(shas)).encode()).hexdigest()
+    """The model identity an index is tied to (one rule, shared with the engine that re-derives it on load)."""
+    return model_fingerprint(embed_dim, list(shas))
 
 
 def _export_onnx(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int, outputs: list[str]) -> None:
@@ -284,13 +285,8 @@ def _swap_into_place(tmp: Path, out: Path, produced: set[str]) -> None:
             if extra.name not in produced and extra.is_file():
                 shutil.copy2(extra, tmp / extra.name)
                 log.warning("kept %s from the previous bundle — check that it still describes this model", extra.name)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    os.chmod(out, 0o755)
+    # One atomic step (s4g_engine.fileio.publish_folder): kill -9 at any moment leaves the old bundle or the new.
+    publish_folder(tmp, out)
 
 
 def load_for_export(checkpoint: str, backbone: str | None = None, allow_partial: bool = False, *,
