@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, str] = {
     "encoder": "encoder backends (torch, ONNX Runtime fp32/fp16/int8) images/s",
     "retrieval": "index backends (exact core, faiss Flat, IVF-PQ) queries/s and recall",
     "engine": "end-to-end Localiser throughput and per-stage timings",
+    "scale": "millions of vectors: in-process backends and Milvus Lite vs the exact core (build, memory, QPS, recall)",
+    "serve": "s4g-serve under a bounded loopback load: p50/p99 latency and throughput vs max batch size",
     "train": "training-step throughput",
 }
 
