@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from s4g_engine import _core
+from s4g_engine import _core, _cublas
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def _cuda_module() -> Any:
         ) from e
     if _core_cuda.device_count() < 1:
         raise RuntimeError("a CUDA array was passed but no CUDA device is visible to s4g_engine._core_cuda")
+    _cublas.ensure(_core_cuda)  # the tensor-core filter of the GPU search, when cuBLAS is found
     return _core_cuda
 
 
@@ -459,7 +460,8 @@ def _cuda_inverse_polar(polar: Any, size: int, fill: float) -> Any:
 # ---------------------------------------------------------------------------------------------------
 def build_info() -> dict[str, Any]:
     """Build facts: ``compiler``, ``openmp`` {version, threads, procs}, ``simd`` {active, compiled,
-    available}, ``blas`` (None: own micro-kernels), ``cuda`` {compiled, archs, module, devices}."""
+    available, filter}, ``blas`` (None: own kernels), ``cuda`` {compiled, archs, module, devices, cublas (the
+    library the GPU search filters with, '' = canonical kernels only)}."""
     info = dict(_core.build_info())
     cuda = dict(info.get("cuda", {}))
     try:
@@ -467,6 +469,7 @@ def build_info() -> dict[str, Any]:
 
         cuda["module"] = True
         cuda["devices"] = _core_cuda.devices()
+        cuda["cublas"] = _cublas.ensure(_core_cuda) if cuda["devices"] else None
     except ImportError as e:
         cuda["module"] = False
         cuda["devices"] = []

@@ -4,7 +4,8 @@ Skipped with a reason when no GPU, no CUDA build, or neither CuPy nor torch.cuda
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,3 +123,135 @@ def test_cuda_rejects_bad_input(dev) -> None:
         s4g.topk_similarity(to(q), to(q), 2, exclude=np.full((3, 1), 3))
     with pytest.raises(ValueError, match="square"):
         s4g.polar_transform(to(np.zeros((8, 9, 3), np.uint8)), 4, 8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the filtered GPU search (cuBLAS on tensor cores → margin → canonical refinement): exact on every input
+# ---------------------------------------------------------------------------------------------------
+def _gpu_call(dev, fn: str, q: np.ndarray, r: np.ndarray, *rest: Any, mode: str) -> Any:
+    """Call s4g_engine._core_cuda.<fn> with a mode (test-only argument); results back on the host."""
+    from s4g_engine import kernels
+
+    cu = kernels._cuda_module()  # also loads cuBLAS (the filter) when it can be found
+    to, back = dev
+    tq, tr = to(q), to(r)
+    args = kernels._cuda_search_inputs(cu, tq, tr)
+    out = getattr(cu, fn)(*args, *rest, mode)
+    if isinstance(out, tuple):
+        return tuple(back(kernels._wrap(tq, o)) for o in out)
+    return back(kernels._wrap(tq, out))
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cublas_is_found_next_to_torch(cuda_device: int) -> None:
+    """torch's CUDA wheels bring nvidia-cublas: the filter must then run (not silently the slow kernels)."""
+    pytest.importorskip("torch")
+    from s4g_engine import _core_cuda, _cublas
+
+    assert _cublas.ensure(_core_cuda), f"cuBLAS not loaded; candidates tried: {_cublas.candidates()}"
+
+
+@pytest.mark.parametrize("nq,n,d,k", [(1, 3000, 1025, 10), (37, 5000, 255, 12), (300, 20000, 64, 128), (20, 300, 7, 5),
+                                      (9, 200, 1, 3), (4, 50, 33, 80), (64, 70000, 256, 1)])
+@pytest.mark.parametrize("half", [False, True])
+def test_topk_filtered_cuda_equals_canonical_and_cpu(dev, nq: int, n: int, d: int, k: int, half: bool) -> None:
+    rng = np.random.default_rng(nq + n + d)
+    q, r = _unit(rng, nq, d), _unit(rng, n, d).astype(np.float16 if half else np.float32)
+    ex = rng.integers(-1, n, (nq, 2))
+    want = _gpu_call(dev, "topk_similarity", q, r, k, ex, mode="canonical")
+    got = _gpu_call(dev, "topk_similarity", q, r, k, ex, mode="exact")
+    from s4g_engine import _core_cuda
+
+    assert _core_cuda.search_stats()["path"] in ("filter", "canonical")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    s_cpu, i_cpu = s4g.topk_similarity(q, r, k, exclude=ex)
+    np.testing.assert_array_equal(got[1], i_cpu)
+    np.testing.assert_array_equal(got[0].view(np.uint32), s_cpu.view(np.uint32))  # CPU = CUDA, bit for bit
+
+
+def _near_duplicates(rng: np.random.Generator, d: int, n_dup: int, step: float, scale: float) -> tuple:
+    q = _unit(rng, 1, d)[0]
+    b = 0.9 * q + 0.4 * _unit(rng, 1, d)[0]
+    offs = rng.permutation(n_dup).astype(np.float64) * step
+    dup = (b[None, :].astype(np.float64) + offs[:, None] * q[None, :]).astype(np.float32)
+    r = np.concatenate([dup, 0.5 * _unit(rng, 300, d)])[rng.permutation(n_dup + 300)]
+    return (q[None, :] * scale).astype(np.float32), (r * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_topk_cuda_near_duplicates_defeat_the_filter_not_the_search(dev, half: bool) -> None:
+    rng = np.random.default_rng(11)
+    fooled = 0
+    for d in (255, 1025):
+        for step in (2.0**-18, 2.0**-11):
+            for scale in (1.0, 1e-3, 1e3):
+                q, r = _near_duplicates(rng, d, 40, step, scale)
+                if half:
+                    r = r.astype(np.float16)
+                for k in (5, 17):
+                    want = _gpu_call(dev, "topk_similarity", q, r, k, None, mode="canonical")
+                    got = _gpu_call(dev, "topk_similarity", q, r, k, None, mode="exact")
+                    np.testing.assert_array_equal(got[1], want[1])
+                    np.testing.assert_array_equal(got[0], want[0])
+                    fooled += not np.array_equal(_gpu_call(dev, "topk_similarity", q, r, k, None, mode="filter")[1],
+                                                 want[1])
+    assert fooled > 0, "the raw tensor-core filter got every near-duplicate case right: the test tests nothing"
+
+
+def test_topk_cuda_duplicates_fall_back(dev) -> None:
+    from s4g_engine import _core_cuda
+
+    rng = np.random.default_rng(12)
+    q = _unit(rng, 3, 96)
+    r = 0.3 * _unit(rng, 3000, 96)
+    copies = rng.choice(3000, 1500, replace=False)
+    r[copies] = q[0]
+    want = _gpu_call(dev, "topk_similarity", q, r, 10, None, mode="canonical")
+    got = _gpu_call(dev, "topk_similarity", q, r, 10, None, mode="exact")
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[1][0], np.sort(copies)[:10])
+    stats = _core_cuda.search_stats()
+    assert stats["path"] != "filter" or stats["fallback"] >= 1
+
+
+@pytest.mark.parametrize("nq,n,d", [(1, 500, 1025), (40, 7000, 255), (300, 20000, 64), (9, 300, 7)])
+@pytest.mark.parametrize("half", [False, True])
+def test_ranks_filtered_cuda_equals_canonical_and_cpu(dev, nq: int, n: int, d: int, half: bool) -> None:
+    rng = np.random.default_rng(nq * n)
+    r = _unit(rng, n, d).astype(np.float16 if half else np.float32)
+    pos = rng.integers(0, n, nq)
+    q = _unit(rng, nq, d)
+    q[: nq // 2] = 0.2 * r[pos[: nq // 2]] + 0.98 * q[: nq // 2]  # half the queries near their positive
+    ig = rng.integers(-1, n, (nq, 3))
+    for ignore in (None, ig):
+        want = _gpu_call(dev, "positive_ranks", q, r, pos, ignore, mode="canonical")
+        got = _gpu_call(dev, "positive_ranks", q, r, pos, ignore, mode="exact")
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, s4g.positive_ranks(q, r, pos, ignore=ignore))
+
+
+def test_ranks_cuda_near_duplicates_of_the_positive(dev) -> None:
+    rng = np.random.default_rng(13)
+    fooled = 0
+    for d in (255, 1025):
+        for step in (2.0**-18, 2.0**-11):
+            q, r = _near_duplicates(rng, d, 41, step, 1.0)
+            order = np.argsort(-(r.astype(np.float64) @ q[0].astype(np.float64)), kind="stable")
+            pos = np.array([order[20]])
+            want = _gpu_call(dev, "positive_ranks", q, r, pos, None, mode="canonical")
+            np.testing.assert_array_equal(_gpu_call(dev, "positive_ranks", q, r, pos, None, mode="exact"), want)
+            fooled += int(_gpu_call(dev, "positive_ranks", q, r, pos, None, mode="filter")[0] != want[0])
+    assert fooled > 0
+
+
+@pytest.mark.parametrize("batch,a,h,w,c", [(5, 512, 128, 512, 3), (2, 64, 32, 100, 1), (3, 33, 17, 50, 4), (1, 40, 64, 32, 5)])
+def test_polar_cuda_map_path_matches_cpu(dev, batch: int, a: int, h: int, w: int, c: int) -> None:
+    to, back = dev
+    rng = np.random.default_rng(a)
+    img = rng.integers(0, 256, (batch, a, a, c), dtype=np.uint8)
+    np.testing.assert_allclose(back(s4g.polar_transform(to(img), h, w)), s4g.polar_transform(img, h, w), atol=2e-2)

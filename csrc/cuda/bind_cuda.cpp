@@ -71,6 +71,13 @@ s4g::cuda::Search search(uintptr_t qp, int64_t nq, int64_t ldq, uintptr_t rp, bo
 
 using Ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
+s4g::cuda::Mode parse_mode(const std::string& mode) {
+  if (mode == "exact") return s4g::cuda::Mode::kExact;
+  if (mode == "canonical") return s4g::cuda::Mode::kCanonical;
+  if (mode == "filter") return s4g::cuda::Mode::kFilterOnly;
+  throw std::invalid_argument("mode: expected 'exact', 'canonical' or 'filter', got '" + mode + "'");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core_cuda, m) {
@@ -131,9 +138,33 @@ PYBIND11_MODULE(_core_cuda, m) {
     s4g::cuda::inverse_polar(reinterpret_cast<const float*>(ptr), H, W, C, A, fill, static_cast<float*>(out->ptr));
     return out;
   });
+  m.def("cublas_load", [](const std::vector<std::string>& candidates) {
+    std::string error;
+    std::string path;
+    {
+      py::gil_scoped_release r;
+      path = s4g::cuda::cublas_load(candidates, &error);
+    }
+    return py::make_tuple(path, error);
+  }, py::arg("candidates"),
+        "Load cuBLAS from the first candidate that works → (path, error); '' when none (canonical kernels then).");
+  m.def("cublas_path", &s4g::cuda::cublas_path, "The loaded cuBLAS library, or ''.");
+  m.def("search_stats", []() {
+    const s4g::cuda::Stats st = s4g::cuda::last_stats();
+    py::dict d;
+    d["path"] = st.path;
+    d["queries"] = st.queries;
+    d["certified"] = st.certified;
+    d["retried"] = st.retried;
+    d["fallback"] = st.fallback;
+    d["band"] = st.band;
+    d["band_overflow"] = st.band_overflow;
+    return d;
+  }, "Counters of the last search call (diagnostics, tests).");
   m.def("topk_similarity", [](uintptr_t qp, int64_t nq, int64_t ldq, uintptr_t rp, bool half, int64_t n, int64_t ldr,
-                              int64_t d, int64_t k, std::optional<Ids> exclude) {
+                              int64_t d, int64_t k, std::optional<Ids> exclude, const std::string& mode) {
     if (k < 1) throw std::invalid_argument("k must be >= 1");
+    const s4g::cuda::Mode md = parse_mode(mode);
     const int dev = nq ? enter(qp) : (n ? enter(rp) : 0);
     auto s = std::make_shared<DeviceArray>(std::vector<int64_t>{nq, k}, "<f4", 4, dev);
     auto i = std::make_shared<DeviceArray>(std::vector<int64_t>{nq, k}, "<i8", 8, dev);
@@ -147,12 +178,14 @@ PYBIND11_MODULE(_core_cuda, m) {
     {
       py::gil_scoped_release r;
       s4g::cuda::topk_similarity(search(qp, nq, ldq, rp, half, n, ldr, d), k, ex, m, static_cast<float*>(s->ptr),
-                                 static_cast<int64_t*>(i->ptr));
+                                 static_cast<int64_t*>(i->ptr), md);
     }
     return py::make_tuple(s, i);
-  });
+  }, py::arg("qp"), py::arg("nq"), py::arg("ldq"), py::arg("rp"), py::arg("half"), py::arg("n"), py::arg("ldr"),
+        py::arg("d"), py::arg("k"), py::arg("exclude"), py::arg("mode") = "exact");
   m.def("positive_ranks", [](uintptr_t qp, int64_t nq, int64_t ldq, uintptr_t rp, bool half, int64_t n, int64_t ldr,
-                             int64_t d, Ids positive, std::optional<Ids> ignore) {
+                             int64_t d, Ids positive, std::optional<Ids> ignore, const std::string& mode) {
+    const s4g::cuda::Mode md = parse_mode(mode);
     if (positive.ndim() != 1 || positive.shape(0) != nq) throw std::invalid_argument("positive: expected (Q,)");
     for (int64_t q = 0; q < nq; ++q)
       if (positive.data()[q] < 0 || positive.data()[q] >= n) throw std::invalid_argument("positive: ids must lie in [0, N)");
@@ -168,8 +201,9 @@ PYBIND11_MODULE(_core_cuda, m) {
     const int64_t* pos = positive.data();
     {
       py::gil_scoped_release r;
-      s4g::cuda::positive_ranks(search(qp, nq, ldq, rp, half, n, ldr, d), pos, ig, m, static_cast<int64_t*>(out->ptr));
+      s4g::cuda::positive_ranks(search(qp, nq, ldq, rp, half, n, ldr, d), pos, ig, m, static_cast<int64_t*>(out->ptr), md);
     }
     return out;
-  });
+  }, py::arg("qp"), py::arg("nq"), py::arg("ldq"), py::arg("rp"), py::arg("half"), py::arg("n"), py::arg("ldr"),
+        py::arg("d"), py::arg("positive"), py::arg("ignore"), py::arg("mode") = "exact");
 }

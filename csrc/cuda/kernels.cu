@@ -2,72 +2,121 @@
 // s4g/polar_math.h and s4g/search_math.h (__host__ __device__): same sampling coordinates and taps, same
 // canonical dot product (so GPU scores are bit-identical to the CPU's), same ranking order and heap.
 //
-// Search: references are processed in chunks; a tiled kernel writes the chunk's Q×Nc scores (bounded
+// Canonical search (the reference, and the fallback of the filtered search in search_filter.cu):
+// references are processed in chunks; a tiled kernel writes the chunk's Q×Nc canonical scores (bounded
 // buffer), then one thread per (query, segment) keeps a bounded heap over its segment; the segments'
 // heaps are merged per query at the end. positive_ranks counts scores strictly above the positive's.
+// Polar: a cached per-device sampling map (pixel index + fractions), one thread per output pixel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "s4g/cuda_api.h"
+#include "s4g/cuda_search.h"
+#include "s4g/cuda_util.cuh"
 #include "s4g/polar_math.h"
 #include "s4g/search_math.h"
 
 namespace s4g::cuda {
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
-void check_launch(const char* what) {
-  check(cudaGetLastError(), what);
-  check(cudaDeviceSynchronize(), what);
-}
-
-// RAII device buffer for temporaries.
-struct Buf {
-  void* p = nullptr;
-  explicit Buf(size_t bytes) {
-    if (bytes) check(cudaMalloc(&p, bytes), "cudaMalloc");
-  }
-  ~Buf() {
-    if (p) cudaFree(p);
-  }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
-};
-
-unsigned blocks_for(int64_t n, int threads) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 1 << 20));
-}
-
 // ---------------------------------------------------------------------------------------------------
 // polar
 // ---------------------------------------------------------------------------------------------------
-template <class T>
+// The sampling map of (A, H, W), computed once per device in double precision (like the CPU's map) and
+// cached: per output pixel the top-left tap's pixel index (−1 when a tap falls outside the image: those
+// pixels take the per-pixel path) and the sample's fractional column and row.
+__global__ void polar_map_kernel(int64_t A, int64_t H, int64_t W, int* base, float2* frac) {
+  const int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (p >= H * W) return;
+  double row, col;
+  polar_source<double>(p / W, p % W, A, H, W, &row, &col);
+  const double r0 = floor(row), c0 = floor(col);
+  const bool inside = r0 >= 0 && c0 >= 0 && r0 + 1 < A && c0 + 1 < A;
+  base[p] = inside ? int(int64_t(r0) * A + int64_t(c0)) : -1;
+  frac[p] = make_float2(float(col - c0), float(row - r0));
+}
+
+// One thread per output pixel, looping over the images of its grid row: the map entry is read once and
+// the weights stay in registers; a warp writes 32 consecutive pixels (coalesced), and the images of one
+// grid row are sampled by neighbouring blocks at the same time (their lines shared through L2).
+template <class T, int kC>
 __global__ void polar_kernel(const T* __restrict__ in, int64_t B, int64_t A, int64_t C, int64_t H, int64_t W,
+                             const int* __restrict__ base, const float2* __restrict__ frac,
                              const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out) {
-  const int64_t hw = H * W;
-  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < B * hw; t += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t b = t / hw, p = t % hw, i = p / W, j = p % W;
-    float row, col;
-    polar_source<float>(i, j, A, H, W, &row, &col);
-    const Taps4 tp = bilinear_taps<float>(row, col, A, A);
-    const T* img = in + b * A * A * C;
-    float* o = out + t * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const float v = tp.w[0] * float(img[tp.idx[0] * C + c]) + tp.w[1] * float(img[tp.idx[1] * C + c]) +
-                      tp.w[2] * float(img[tp.idx[2] * C + c]) + tp.w[3] * float(img[tp.idx[3] * C + c]);
+  const int64_t P = H * W, p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (p >= P) return;
+  const int64_t cn = kC > 0 ? kC : C;
+  int64_t idx[4];
+  float w[4];
+  const int b0 = base[p];
+  if (b0 >= 0) {
+    const float2 f = frac[p];
+    idx[0] = b0; idx[1] = b0 + 1; idx[2] = b0 + A; idx[3] = b0 + A + 1;
+    w[0] = (1.0f - f.x) * (1.0f - f.y); w[1] = f.x * (1.0f - f.y); w[2] = (1.0f - f.x) * f.y; w[3] = f.x * f.y;
+  } else {  // a tap outside the image: the shared maths (zero weight outside)
+    double row, col;
+    polar_source<double>(p / W, p % W, A, H, W, &row, &col);
+    const Taps4 t = bilinear_taps<double>(row, col, A, A);
+    for (int q = 0; q < 4; ++q) { idx[q] = t.idx[q]; w[q] = t.w[q]; }
+  }
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const T* img = in + b * A * A * cn;
+    float* o = out + (b * P + p) * cn;
+    for (int64_t c = 0; c < cn; ++c) {
+      const float v = w[0] * float(img[idx[0] * cn + c]) + w[1] * float(img[idx[1] * cn + c]) +
+                      w[2] * float(img[idx[2] * cn + c]) + w[3] * float(img[idx[3] * cn + c]);
       o[c] = v * scale[c] + bias[c];
     }
   }
+}
+
+struct PolarMapDev {
+  Buf base, frac;
+};
+
+std::mutex g_map_mutex;
+std::map<std::tuple<int, int64_t, int64_t, int64_t>, std::shared_ptr<PolarMapDev>> g_maps;
+
+std::shared_ptr<PolarMapDev> polar_map(int64_t A, int64_t H, int64_t W) {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const auto key = std::make_tuple(dev, A, H, W);
+  std::lock_guard<std::mutex> lock(g_map_mutex);
+  auto it = g_maps.find(key);
+  if (it != g_maps.end()) return it->second;
+  auto m = std::make_shared<PolarMapDev>();
+  m->base.resize(H * W * sizeof(int));
+  m->frac.resize(H * W * sizeof(float2));
+  polar_map_kernel<<<blocks_for(H * W, 256), 256>>>(A, H, W, m->base.as<int>(), m->frac.as<float2>());
+  check_launch("polar_map_kernel");
+  if (g_maps.size() >= 16) g_maps.clear();  // callers hold their own reference
+  g_maps[key] = m;
+  return m;
+}
+
+template <class T>
+void launch_polar(const T* in, int64_t B, int64_t A, int64_t C, int64_t H, int64_t W, const float* scale,
+                  const float* bias, float* out) {
+  const auto map = polar_map(A, H, W);
+  const dim3 grid(blocks_for(H * W, 256), (unsigned)std::min<int64_t>(B, 4096));
+  const int* bs = map->base.as<int>();
+  const float2* fr = map->frac.as<float2>();
+  switch (C) {
+    case 1: polar_kernel<T, 1><<<grid, 256>>>(in, B, A, C, H, W, bs, fr, scale, bias, out); break;
+    case 3: polar_kernel<T, 3><<<grid, 256>>>(in, B, A, C, H, W, bs, fr, scale, bias, out); break;
+    case 4: polar_kernel<T, 4><<<grid, 256>>>(in, B, A, C, H, W, bs, fr, scale, bias, out); break;
+    default: polar_kernel<T, 0><<<grid, 256>>>(in, B, A, C, H, W, bs, fr, scale, bias, out); break;
+  }
+  check_launch("polar_kernel");
 }
 
 __global__ void inverse_kernel(const float* __restrict__ polar, int64_t H, int64_t W, int64_t C, int64_t A, float fill,
@@ -229,9 +278,12 @@ void scores(const Search& s, int64_t n0, int64_t nc, float* S, int64_t ldS) {
   else launch_scores<float>(s, n0, nc, S, ldS);
 }
 
+}  // namespace
+
+namespace detail {
 // Sorted, de-duplicated valid ids per row (−1 and `drop[q]` removed), uploaded with their counts.
 void upload_id_lists(const int64_t* host, int64_t nq, int64_t m, const int64_t* drop, Buf& ids, Buf& counts,
-                     std::vector<int64_t>* host_ids = nullptr, std::vector<int64_t>* host_cnt = nullptr) {
+                     std::vector<int64_t>* host_ids, std::vector<int64_t>* host_cnt) {
   std::vector<int64_t> v(nq * m, 0), c(nq, 0);
   for (int64_t q = 0; q < nq; ++q) {
     int64_t k = 0;
@@ -247,7 +299,10 @@ void upload_id_lists(const int64_t* host, int64_t nq, int64_t m, const int64_t* 
   if (host_ids) *host_ids = std::move(v);
   if (host_cnt) *host_cnt = std::move(c);
 }
+}  // namespace detail
 
+namespace {
+using detail::upload_id_lists;
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -308,10 +363,8 @@ void polar_transform(const void* aerial, bool u8, int64_t B, int64_t A, int64_t 
   Buf sb(2 * C * sizeof(float));
   check(cudaMemcpy(sb.as<float>(), host_scale, C * sizeof(float), cudaMemcpyHostToDevice), "upload scale");
   check(cudaMemcpy(sb.as<float>() + C, host_bias, C * sizeof(float), cudaMemcpyHostToDevice), "upload bias");
-  const unsigned g = blocks_for(B * H * W, 256);
-  if (u8) polar_kernel<uint8_t><<<g, 256>>>(static_cast<const uint8_t*>(aerial), B, A, C, H, W, sb.as<float>(), sb.as<float>() + C, out);
-  else polar_kernel<float><<<g, 256>>>(static_cast<const float*>(aerial), B, A, C, H, W, sb.as<float>(), sb.as<float>() + C, out);
-  check_launch("polar_kernel");
+  if (u8) launch_polar(static_cast<const uint8_t*>(aerial), B, A, C, H, W, sb.as<float>(), sb.as<float>() + C, out);
+  else launch_polar(static_cast<const float*>(aerial), B, A, C, H, W, sb.as<float>(), sb.as<float>() + C, out);
 }
 
 void inverse_polar(const float* polar, int64_t H, int64_t W, int64_t C, int64_t A, float fill, float* out) {
@@ -332,7 +385,9 @@ int64_t count_nonfinite(const void* x, bool half, int64_t rows, int64_t cols, in
   return (int64_t)h;
 }
 
-void topk_similarity(const Search& s, int64_t k, const int64_t* host_exclude, int64_t m, float* out_s, int64_t* out_i) {
+namespace detail {
+
+void topk_canonical(const Search& s, int64_t k, const int64_t* host_exclude, int64_t m, float* out_s, int64_t* out_i) {
   if (s.nq == 0) return;
   const int64_t cap = std::min(k, s.n);
   // Segments per query: enough threads to fill the GPU, bounded heap memory (≤ 512 MB).
@@ -359,26 +414,29 @@ void topk_similarity(const Search& s, int64_t k, const int64_t* host_exclude, in
   check_launch("heap_merge_kernel");
 }
 
-void positive_ranks(const Search& s, const int64_t* host_positive, const int64_t* host_ignore, int64_t m, int64_t* out) {
-  if (s.nq == 0) return;
-  // Positive scores with the canonical dot product (bit-identical to scores_kernel's).
-  Buf qi(s.nq * 8), ri(s.nq * 8), pos(s.nq * sizeof(float));
+void pair_scores(const Search& s, const int64_t* dq, const int64_t* dr, int64_t pairs, float* dst) {
+  if (pairs <= 0) return;
+  if (s.r_half)
+    pair_scores_kernel<uint16_t><<<blocks_for(pairs, 128), 128>>>(s.q, s.ldq, static_cast<const uint16_t*>(s.r), s.ldr,
+                                                                   s.d, dq, dr, pairs, dst);
+  else
+    pair_scores_kernel<float><<<blocks_for(pairs, 128), 128>>>(s.q, s.ldq, static_cast<const float*>(s.r), s.ldr, s.d,
+                                                                dq, dr, pairs, dst);
+  check_launch("pair_scores_kernel");
+}
+
+void positive_scores(const Search& s, const int64_t* host_positive, float* dev_pos) {
+  Buf qi(s.nq * 8), ri(s.nq * 8);
   std::vector<int64_t> iota(s.nq);
   for (int64_t q = 0; q < s.nq; ++q) iota[q] = q;
-  check(cudaMemcpy(qi.p, iota.data(), s.nq * 8, cudaMemcpyHostToDevice), "upload");
-  check(cudaMemcpy(ri.p, host_positive, s.nq * 8, cudaMemcpyHostToDevice), "upload");
-  auto pair_scores = [&](const int64_t* dq, const int64_t* dr, int64_t pairs, float* dst) {
-    if (s.r_half)
-      pair_scores_kernel<uint16_t><<<blocks_for(pairs, 128), 128>>>(s.q, s.ldq, static_cast<const uint16_t*>(s.r),
-                                                                     s.ldr, s.d, dq, dr, pairs, dst);
-    else
-      pair_scores_kernel<float><<<blocks_for(pairs, 128), 128>>>(s.q, s.ldq, static_cast<const float*>(s.r), s.ldr,
-                                                                  s.d, dq, dr, pairs, dst);
-    check_launch("pair_scores_kernel");
-  };
-  pair_scores(qi.as<int64_t>(), ri.as<int64_t>(), s.nq, pos.as<float>());
-  Buf counts(s.nq * sizeof(unsigned long long));
-  check(cudaMemset(counts.p, 0, s.nq * sizeof(unsigned long long)), "cudaMemset");
+  upload(qi.p, iota.data(), s.nq, "upload");
+  upload(ri.p, host_positive, s.nq, "upload");
+  pair_scores(s, qi.as<int64_t>(), ri.as<int64_t>(), s.nq, dev_pos);
+}
+
+void count_above_canonical(const Search& s, const float* dev_pos, unsigned long long* dev_counts) {
+  check(cudaMemset(dev_counts, 0, s.nq * sizeof(unsigned long long)), "cudaMemset");
+  if (s.nq == 0 || s.n == 0) return;
   const int64_t nc = chunk_refs(s.nq, s.n);
   Buf S(s.nq * nc * sizeof(float));
   const int64_t per_block = 4096;
@@ -386,13 +444,14 @@ void positive_ranks(const Search& s, const int64_t* host_positive, const int64_t
     const int64_t c = std::min(nc, s.n - n0);
     scores(s, n0, c, S.as<float>(), nc);
     const int64_t blocks = s.nq * ((c + per_block - 1) / per_block);
-    count_above_kernel<<<(unsigned)blocks, 256>>>(S.as<float>(), nc, s.nq, c, per_block, pos.as<float>(),
-                                                 counts.as<unsigned long long>());
+    count_above_kernel<<<(unsigned)blocks, 256>>>(S.as<float>(), nc, s.nq, c, per_block, dev_pos, dev_counts);
     check_launch("count_above_kernel");
   }
-  std::vector<unsigned long long> hc(s.nq);
-  copy_to_host(hc.data(), counts.p, s.nq * sizeof(unsigned long long));
-  if (m > 0) {  // ignored ids that were counted
+}
+
+void finish_ranks(const Search& s, const int64_t* host_positive, const int64_t* host_ignore, int64_t m,
+                  const float* dev_pos, std::vector<unsigned long long>& hc, int64_t* out) {
+  if (m > 0) {  // ignored ids that were counted (their canonical score is the one the count used)
     Buf ids(s.nq * m * 8), cnt(s.nq * 8);
     std::vector<int64_t> v, c;
     upload_id_lists(host_ignore, s.nq, m, host_positive, ids, cnt, &v, &c);
@@ -402,18 +461,30 @@ void positive_ranks(const Search& s, const int64_t* host_positive, const int64_t
     if (!pq.empty()) {
       const int64_t P = (int64_t)pq.size();
       Buf dq(P * 8), dr(P * 8), ds(P * sizeof(float));
-      check(cudaMemcpy(dq.p, pq.data(), P * 8, cudaMemcpyHostToDevice), "upload");
-      check(cudaMemcpy(dr.p, pr.data(), P * 8, cudaMemcpyHostToDevice), "upload");
-      pair_scores(dq.as<int64_t>(), dr.as<int64_t>(), P, ds.as<float>());
+      upload(dq.p, pq.data(), P, "upload");
+      upload(dr.p, pr.data(), P, "upload");
+      pair_scores(s, dq.as<int64_t>(), dr.as<int64_t>(), P, ds.as<float>());
       std::vector<float> hs(P), hp(s.nq);
-      copy_to_host(hs.data(), ds.p, P * sizeof(float));
-      copy_to_host(hp.data(), pos.p, s.nq * sizeof(float));
+      download(hs.data(), ds.p, P, "download");
+      download(hp.data(), dev_pos, s.nq, "download");
       for (int64_t t = 0; t < P; ++t)
         if (hs[t] > hp[pq[t]]) --hc[pq[t]];
     }
   }
   std::vector<int64_t> res(hc.begin(), hc.end());
-  check(cudaMemcpy(out, res.data(), s.nq * 8, cudaMemcpyHostToDevice), "download ranks");
+  upload(out, res.data(), s.nq, "upload ranks");
 }
+
+void ranks_canonical(const Search& s, const int64_t* host_positive, const int64_t* host_ignore, int64_t m, int64_t* out) {
+  if (s.nq == 0) return;
+  Buf pos(s.nq * sizeof(float)), counts(s.nq * sizeof(unsigned long long));
+  positive_scores(s, host_positive, pos.as<float>());
+  count_above_canonical(s, pos.as<float>(), counts.as<unsigned long long>());
+  std::vector<unsigned long long> hc(s.nq);
+  download(hc.data(), counts.p, s.nq, "download counts");
+  finish_ranks(s, host_positive, host_ignore, m, pos.as<float>(), hc, out);
+}
+
+}  // namespace detail
 
 }  // namespace s4g::cuda
