@@ -13,7 +13,6 @@ measured in the same run. On CUDA machines (onnxruntime-gpu) the CUDA/TensorRT p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -25,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s4g_train.bench import save_chart
+from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ def timeit(fn: Callable[[], Any], *, min_time: float, min_reps: int = 3) -> floa
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
-
-
-def write_results(out: Path, results: dict[str, Any]) -> None:
-    """JSON to ``out`` (atomically), creating the folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
 
 
 def machine_info() -> dict[str, Any]:
@@ -241,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.batch, args.min_time = min(args.batch, 8), 0.5
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    guard = RunGuard.start(args.threads)
     res = run(args)
+    guard.finish(res)
     out = Path(args.out)
     write_results(out, res)
     chart(res, out.with_suffix(".png"))

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from s4g_train.bench import save_chart
-from s4g_train.bench.encoder import machine_info, timeit, write_results
+from s4g_train.bench.encoder import machine_info, timeit
+from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.images, args.min_time = 64, 0.5
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    guard = RunGuard.start(args.threads)
     res = run(args)
+    guard.finish(res)
     out = Path(args.out)
     write_results(out, res)
     chart(res, out.with_suffix(".png"))
