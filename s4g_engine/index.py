@@ -330,7 +330,6 @@ class ReferenceIndex:
         Raises :class:`MissingFileError`, :class:`FormatError` (not an index), :class:`CorruptFileError`
         (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model).
         """
-        from s4g_engine.index_file import read_index
         for module in PLUGIN_BACKENDS.values():  # e.g. a Milvus server URI or a Milvus Lite .db file
             plugin = importlib.import_module(module)
             if plugin.is_gallery_uri(path):

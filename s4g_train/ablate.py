@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.console import cli_main
 from s4g_train.config import build_config, split_cli_overrides
 from s4g_train.evaluate import write_json
+from s4g_train.parsers import ablate_parser
 
 log = logging.getLogger(__name__)
 
@@ -233,24 +235,14 @@ def format_ablation(table: str, rows: list[dict[str, Any]], dataset: str) -> str
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     rest, shared = split_cli_overrides(argv)
-    p = argparse.ArgumentParser(prog="s4g-ablate", description="Run supplementary tables 1–4 on a preset over "
-                                "several seeds. Shared overrides: --set section.field=value (applied to every run).")
-    p.add_argument("--preset", default="synthetic")
-    p.add_argument("--config", default=None)
-    p.add_argument("--tables", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
-    p.add_argument("--out", default="runs/ablate", help="folder for the runs and ablation.json")
-    p.add_argument("--seeds", type=int, default=3, help="runs per cell (train.seed, train.seed+1, …); finished "
-                   "runs are reused, so raising it later trains only the new seeds (default 3)")
-    p.add_argument("--k-values", default=None, help="table 1: comma-separated k values (default: the paper's "
-                   "16,32,64,128 of K=128 at batch 128, scaled to the batch size; see table1_k)")
-    p.add_argument("--K", type=int, default=None, help="table 1: neighbour pool size (default: the batch size, "
-                   "as the paper's K=128 at batch 128)")
+    p = ablate_parser()  # torch-free: s4g_train.parsers
     args = p.parse_args(rest)
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: expected ≥ 1")
     return args, shared
 
 
+@cli_main("s4g-ablate")  # user errors: one line + exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     args, shared = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                          "checkpoint (e.g. best.pt / last.pt) or retrain")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # zipfile/pickle/EOF errors all mean the file cannot be trusted
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():  # torch refused a pickled object: say so, never advise unpickling
+            raise FormatError(f"checkpoint {str(p)!r} holds pickled Python objects besides tensors, numbers and "
+                              "strings; s4g never unpickles them (that can run arbitrary code). Expected an s4g "
+                              "checkpoint or a plain state_dict of tensors: re-save the weights where you trust "
+                              "the file, e.g. torch.save(model.state_dict(), 'weights.pt')") from None
+        raise CorruptFileError(f"checkpoint {str(p)!r} is truncated or corrupt (the pickle stream is damaged); "
+                               "use another checkpoint or retrain") from None
+    except Exception as exc:  # zipfile/EOF/storage errors all mean the file cannot be trusted
         raise CorruptFileError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be read safely "
-                         f"({type(exc).__name__}: {exc}); use another checkpoint or retrain") from exc
+                               f"({type(exc).__name__}); use another checkpoint or retrain") from None
     if not isinstance(obj, dict):
         raise CorruptFileError(f"checkpoint {str(p)!r}: expected a dict payload, got {type(obj).__name__}")
     return obj

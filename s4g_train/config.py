@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from s4g_engine.errors import FormatError, InputError, MissingFileError
 from s4g_engine.fileio import atomic_write_text
 from s4g_train.model import ModelConfig
 from s4g_train.sampling import STRATEGIES
@@ -202,7 +203,7 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Coerce a YAML-parsed value to the annotated type ``tp`` (or raise ValueError)."""
+    """Coerce a YAML-parsed value to the annotated type ``tp`` (or raise InputError, a ValueError)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -216,32 +217,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except ValueError as exc:
                 errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"{where}: cannot be {value!r}")
+        raise InputError(errors[0] if errors else f"{where}: cannot be {value!r}")
     if tp is Any:
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list of {len(args)} values like [64, 256], got {value!r}")
+            raise InputError(f"{where}: expected a list of {len(args)} values like [64, 256], got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], where) for v in value)
         if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+            raise InputError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args))
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise InputError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, args[0], where) for v in value] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise InputError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise InputError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise InputError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -250,24 +251,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                     return float(value)
                 except ValueError:
                     pass
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise InputError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise InputError(f"{where}: expected a string, got {value!r}")
         return value
-    raise ValueError(f"{where}: unsupported field type {tp!r}")
+    raise InputError(f"{where}: unsupported field type {tp!r}")
 
 
 def apply_dict(obj: Any, d: dict[str, Any], prefix: str = "") -> None:
     """Recursively set the fields of dataclass ``obj`` from mapping ``d`` (unknown keys → ValueError)."""
     if not isinstance(d, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__} {d!r}")
+        raise InputError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__} {d!r}")
     hints = _field_types(obj)
     for key, value in d.items():
         where = f"{prefix}{key}"
         if key not in hints:
-            raise ValueError(
+            raise InputError(
                 f"unknown config field {where!r}; known fields here: {sorted(hints)}"
             )
         current = getattr(obj, key)
@@ -281,11 +282,11 @@ def set_override(cfg: Config, dotted: str, raw: str) -> None:
     """Apply one override ``section.field[.sub]=raw`` (raw parsed as a YAML scalar)."""
     parts = dotted.split(".")
     if len(parts) < 2:
-        raise ValueError(f"override {dotted!r}: expected section.field=value, e.g. optim.lr=3e-4")
+        raise InputError(f"override {dotted!r}: expected section.field=value, e.g. optim.lr=3e-4")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ValueError(f"override {dotted}={raw!r}: not a valid YAML value ({exc})") from exc
+        raise InputError(f"override {dotted}={raw!r}: not a valid YAML value ({exc})") from exc
     nested: Any = value
     for p in reversed(parts[1:]):
         nested = {p: nested}
@@ -295,14 +296,21 @@ def set_override(cfg: Config, dotted: str, raw: str) -> None:
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-    with open(p, encoding="utf-8") as f:
-        try:
-            d = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML: {exc}") from exc
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise MissingFileError(f"config file {str(p)!r} {what}; expected a YAML file")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise FormatError(f"{p}:{line}: expected UTF-8 text, got byte 0x{data[exc.start]:02x} (Latin-1?); "
+                          "re-save the file as UTF-8") from None
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FormatError(f"{p}: not valid YAML: {exc}") from exc
     if not isinstance(d, dict):
-        raise ValueError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
+        raise FormatError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
     return d
 
 
@@ -313,7 +321,7 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
     if not p.is_file():
-        raise ValueError(f"unknown preset {name!r}; available presets: {preset_names()}")
+        raise InputError(f"unknown preset {name!r}; available presets: {preset_names()}")
     return p
 
 
@@ -337,7 +345,7 @@ def build_config(
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages that say how to fix the value."""
     def bad(msg: str) -> None:
-        raise ValueError(msg)
+        raise InputError(msg)
 
     if cfg.data.dataset not in DATASETS:
         bad(f"data.dataset={cfg.data.dataset!r}: expected one of {DATASETS}")
@@ -453,7 +461,7 @@ def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str
         a = argv[i]
         if a == "--set":
             if i + 1 >= len(argv) or "=" not in argv[i + 1]:
-                raise ValueError("--set expects section.field=value, e.g. --set optim.lr=3e-4")
+                raise InputError("--set expects section.field=value, e.g. --set optim.lr=3e-4")
             k, v = argv[i + 1].split("=", 1)
             overrides.append((k, v))
             i += 2
@@ -470,7 +478,7 @@ def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str
                 i += 1
             else:
                 if i + 1 >= len(argv):
-                    raise ValueError(f"{a}: missing value")
+                    raise InputError(f"{a}: missing value")
                 k, v = key, argv[i + 1]
                 i += 2
             overrides.append((k.replace("-", "_"), v))

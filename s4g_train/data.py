@@ -48,7 +48,7 @@ __all__ = ["BACKBONE", "OUTPUTS", "EpochBatchSampler", "ImageStore", "PairedTrai
            "polar_tensor", "to_tensor"]
 
 #: ``data.interpolation`` value that takes the resize filter from the backbone's timm data config.
-BACKBONE = "backbone"
+from s4g_train.parsers import BACKBONE  # noqa: E402  (one definition, torch-free for the CLI parsers)
 #: What a :class:`PairedTrainDataset` item holds: ``float`` = the normalised network inputs (the CPU path);
 #: ``stage`` = augmented uint8 stage images (polar views still normalised); ``raw`` = un-augmented uint8
 #: stage images plus the geometric draws, for the device to apply (s4g_train/feed.py).

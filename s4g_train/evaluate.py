@@ -7,7 +7,6 @@ through the core's streaming ``positive_ranks``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,12 +20,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s4g_engine.console import cli_main
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
 from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
 from s4g_train.device import autocast_context, pick_amp, pick_device, use_device_preprocess
 from s4g_train.feed import view_batches
 from s4g_train.model import S4GModel
+from s4g_train.parsers import eval_parser
 
 log = logging.getLogger(__name__)
 
@@ -198,34 +199,14 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+@cli_main("s4g-eval")  # user errors: one line + exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     """``s4g-eval CHECKPOINT [--dataset D --root DIR --split S] [--out JSON] [--save-embeddings DIR]``."""
     from s4g_engine.datasets import load_split
 
     from s4g_train.checkpoint import load_model
 
-    p = argparse.ArgumentParser(prog="s4g-eval", description="Evaluate a checkpoint on a dataset split.")
-    p.add_argument("checkpoint", help="our checkpoint (runs/<name>/checkpoints/best.pt) or a reference .pth")
-    p.add_argument("--dataset", help="cvusa | cvact | vigor-same | vigor-cross | university-d2s | university-s2d "
-                                     "(default: the checkpoint's training dataset)")
-    p.add_argument("--root", help="dataset root (default: the checkpoint's)")
-    p.add_argument("--split", default=None, help="train | val | test (default: the checkpoint's eval split)")
-    p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="load a checkpoint with missing/unexpected keys (named in the log); default strict")
-    p.add_argument("--ground-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="ground input size for reference checkpoints (default: the paper's for --dataset)")
-    p.add_argument("--aerial-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="aerial input size for reference checkpoints (default: the paper's for --dataset)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--out", default=None, help="write metrics JSON here (default: <checkpoint>.eval-<split>.json)")
-    p.add_argument("--save-embeddings", metavar="DIR", default=None,
-                   help="write query_emb.npy, ref_emb.npy, positive.npy (+ semi_positives.npy) to DIR")
-    args = p.parse_args(argv)
+    args = eval_parser().parse_args(argv)  # torch-free parser: s4g_train.parsers
     setup_logging()
 
     try:

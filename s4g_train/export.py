@@ -44,16 +44,17 @@ from torch import nn
 
 from s4g_engine.bundle import model_fingerprint
 from s4g_engine.fileio import atomic_write_text, publish_folder
+from s4g_engine.console import cli_main
 from s4g_engine.logs import setup_logging
-from s4g_engine.preprocess import INTERPOLATIONS, DataContract
-from s4g_train.data import BACKBONE, checkpoint_contract
+from s4g_engine.preprocess import DataContract
+from s4g_train.data import checkpoint_contract
 from s4g_train.model import S4GModel
+from s4g_train.parsers import MIN_OPSET, export_parser  # noqa: F401  (MIN_OPSET: re-exported)
 
 log = logging.getLogger(__name__)
 
 PARITY_FP32 = 0.9999
 PARITY_FP16 = 0.999
-MIN_OPSET = 17
 BUNDLE_FORMAT = "s4g-bundle"  # must equal s4g_engine.localiser.BUNDLE_FORMAT
 BUNDLE_VERSION = 1
 
@@ -317,44 +318,11 @@ def _provenance(checkpoint: str, info: dict[str, Any], argv: Sequence[str]) -> d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="s4g-export", description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", help="an s4g checkpoint (runs/NAME/checkpoints/best.pt) or a reference Sample4Geo one")
-    p.add_argument("--out", required=True, help="bundle folder to (re)write, e.g. models/NAME")
-    p.add_argument("--backbone", default=None, help="timm backbone (only for reference-format checkpoints)")
-    p.add_argument("--allow-partial", action="store_true", help="load checkpoints with missing/unexpected keys")
-    p.add_argument("--dataset", default=None,
-                   help="reference checkpoints: take the paper's input sizes for this dataset (cvusa, cvact, "
-                        "vigor-same, vigor-cross, university-d2s, university-s2d)")
-    p.add_argument("--ground-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="reference checkpoints: ground input size (overrides --dataset's)")
-    p.add_argument("--aerial-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="reference checkpoints: aerial input size (overrides --dataset's)")
-    p.add_argument("--fp16", action="store_true", help="also write *.fp16.onnx (float16 compute, for GPUs)")
-    p.add_argument("--weights", choices=("fp32", "fp16"), default="fp32",
-                   help="storage of the main graphs' weights (fp16 halves the files; compute stays fp32)")
-    p.add_argument("--with-features", action="store_true", help="add the 'features' output (last feature map)")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (≥ {MIN_OPSET})")
-    p.add_argument("--interpolation", default=None, choices=[*INTERPOLATIONS, BACKBONE],
-                   help="resize filter recorded in the bundle's data contract (default: the checkpoint's training "
-                        "config data.interpolation; bilinear for checkpoints without one, e.g. reference ones, and "
-                        "for runs from before that field, which all trained with bilinear). Only override it to "
-                        "serve a model differently from how it was trained")
-    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT + a GPU)")
-    p.add_argument("--int8", action="store_true", help="TensorRT INT8 with calibration (implies --tensorrt)")
-    p.add_argument("--cpu-int8", action="store_true",
-                   help="also write <view>.int8.onnx (static int8 for CPUs with VNNI/AMX, calibrated on the training "
-                        "split; kept only at cosine >= 0.999; used where it is the fastest, see s4g_engine.backends)")
-    p.add_argument("--calib-dataset", default=None, help="dataset name for INT8 calibration images")
-    p.add_argument("--calib-root", default=None, help="dataset root for INT8 calibration images")
-    p.add_argument("--calib-split", default="train", help="split the calibration images come from")
-    p.add_argument("--calib-images", type=int, default=512, help="number of calibration images per view")
-    p.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile: batch 1…max")
-    p.add_argument("--train-command", default=None,
-                   help="the training command line, recorded in the provenance (when the checkpoint lacks it)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+    """The ``s4g-export`` parser (torch-free, in :mod:`s4g_train.parsers`, so that ``--help`` is instant)."""
+    return export_parser()
 
 
+@cli_main("s4g-export")  # user errors: one line + exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

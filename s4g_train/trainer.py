@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s4g_engine.console import cli_main
 from s4g_engine.errors import S4GError, StateError
 from s4g_engine.logs import setup_logging
 from s4g_train import checkpoint as ckpt
@@ -46,6 +47,7 @@ from s4g_train.evaluate import embed_training_pairs, evaluate_split, format_tabl
 from s4g_train.feed import TrainFeed
 from s4g_train.health import EXIT_COLLAPSED, TrainingCollapsed, monitor_for_run
 from s4g_train.model import S4GModel
+from s4g_train.parsers import train_parser
 from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
 from s4g_train.schedule import BatchSchedule, batch_gps_m, gps_table
@@ -428,21 +430,7 @@ def _epochs_mismatch(path: Path, saved: int, now: int, legacy: bool) -> str:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = split_cli_overrides(argv)
-    p = argparse.ArgumentParser(
-        prog="s4g-train", description="Train Sample4Geo. Override any config field with --set section.field=value "
-        "or --section.field value (e.g. --set optim.lr=3e-4 --train.epochs 10).")
-    p.add_argument("--preset", help="preset name in s4g_train/presets (cvusa, cvact, vigor-same, vigor-cross, "
-                                    "university, synthetic)")
-    p.add_argument("--config", help="a YAML config file (applied after the preset)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
-    p.add_argument("--init", metavar="CKPT", help="fine-tune: start from the weights of CKPT (our .pt or a "
-                   "published Sample4Geo .pth); fresh optimiser and schedule (= --train.init CKPT)")
-    p.add_argument("--backbone", help="timm backbone of a reference --init checkpoint (default: inferred)")
-    p.add_argument("--allow-partial", action="store_true", help="--init: copy only the matching tensors")
-    p.add_argument("--run-dir", help="run folder (default: <train.runs_dir>/<train.name>)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(rest), overrides
+    return train_parser().parse_args(rest), overrides  # torch-free parser: s4g_train.parsers
 
 
 def _resolve(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> tuple[Config, Path] | str:
@@ -470,6 +458,7 @@ def _resolve(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> tupl
     return cfg, run_dir
 
 
+@cli_main("s4g-train")  # user errors: one line + exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     resolved = _resolve(args, overrides)

@@ -25,7 +25,6 @@ from PIL import Image
 
 from onnx_bundle import onnx_model_bytes, relist, write_config
 from s4g_engine import errors as E
-from s4g_engine.datasets import _io as dio
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,12 @@ def test_train_init_loads_reference_weights(ref_ckpt, tmp_path, monkeypatch):
 
     # an init checkpoint of another architecture is refused by name, unless --allow-partial
     seen.clear()
+    # s4g-train reports it as one line + exit code 2 (s4g_engine.console); --debug raises it
     with pytest.raises(ValueError, match="does not fit the configured model"):
-        main(tiny_args(data, tmp_path / "run2", "--set", "model.backbone=convnext_femto", "--init", str(path)))
+        main(tiny_args(data, tmp_path / "run2", "--set", "model.backbone=convnext_femto", "--init", str(path),
+                       "--debug"))
+    assert main(tiny_args(data, tmp_path / "run2b", "--set", "model.backbone=convnext_femto", "--init",
+                          str(path))) == 2
     assert "state" not in seen
     assert main(tiny_args(data, tmp_path / "run3", "--init", str(path), "--resume", str(tmp_path / "run"))) == 2
 
@@ -177,7 +181,8 @@ def test_train_init_from_our_checkpoint_and_partial(tmp_path, monkeypatch):
     partial = tmp_path / "partial.pt"
     save_checkpoint(partial, payload)
     with pytest.raises(ValueError, match="logit_scale"):
-        main(tiny_args(data, tmp_path / "run2", "--init", str(partial)))
+        main(tiny_args(data, tmp_path / "run2", "--init", str(partial), "--debug"))
+    assert main(tiny_args(data, tmp_path / "run2b", "--init", str(partial))) == 2
     seen.clear()
     assert main(tiny_args(data, tmp_path / "run3", "--init", str(partial), "--allow-partial")) == 0
     assert seen["state"]["logit_scale"].item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
