@@ -55,7 +55,8 @@ STAGES = ("world", "train", "export", "city", "index", "localise", "picture")
 #: Config fields a rerun may change without making it another run (how it runs, not what it computes).
 RUN_CONTROL = {("data", "resolved_root"), ("data", "num_workers"), ("train", "threads"),
                ("train", "stop_after_epochs"), ("train", "time_budget_min"), ("train", "budget_clock"),
-               ("train", "save_every_steps"), ("train", "final_eval")}
+               ("train", "save_every_steps"), ("train", "final_eval"), ("data", "persistent_workers"),
+               ("data", "prefetch_factor"), ("data", "device_preprocess")}  # the last: same values on any path
 
 
 @dataclass

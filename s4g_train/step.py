@@ -121,5 +121,7 @@ class TrainStep:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.opt.load_state_dict(st["optimizer"])
+        for g in self.opt.param_groups:  # the AdamW kernel follows this run's device, not the checkpoint's
+            g["fused"] = True if self.device.type == "cuda" else None
         self.sched.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])

@@ -226,17 +226,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": []}
     if tr.n < (args.warmup + args.steps) * B:
         log.warning("only %d training pairs for %d steps of %d: batches repeat", tr.n, args.warmup + args.steps, B)
+    parts = set(args.parts.split(","))
     try:
-        res["rows"] += _ceiling_rows(tr, cfg, args)
-        res["rows"] += _s4g_rows(tr, cfg, args)
-        if not args.no_reference:
+        if "ceiling" in parts:
+            res["rows"] += _ceiling_rows(tr, cfg, args)
+        if parts & {"s4g", "embedding"}:
+            res["rows"] += _s4g_rows(tr, cfg, args)
+        if "reference" in parts:
             res["rows"] += _reference_rows(tr, cfg, args)
-        ceiling = res["rows"][0]["s_per_step"]
+        ceiling = next((x["s_per_step"] for x in res["rows"] if x["kind"] == "ceiling"), None)
         ref = next((x["s_per_step"] for x in res["rows"] if x["kind"] == "reference"), None)
         for x in res["rows"]:
-            x["x_model_step"] = ceiling / x["s_per_step"]
+            x["x_model_step"] = ceiling / x["s_per_step"] if ceiling else None
             x["x_reference"] = ref / x["s_per_step"] if ref else None
-        _embedding(tr, cfg, res, args)
+        if "embedding" in parts:
+            _embedding(tr, cfg, res, args)
     finally:
         tr.close()
     return res
@@ -290,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                    "and in NCHW (to check the precision and layout defaults)")
     p.add_argument("--compile", action="store_true", help="also time s4g-train with train.compile (torch.compile) "
                    "and report the compile time")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    p.add_argument("--parts", default="ceiling,s4g,reference,embedding",
+                   help="what to time, comma-separated: ceiling, s4g, reference, embedding (needs s4g)")
     p.add_argument("--cvusa-topk", action=argparse.BooleanOptionalAction, default=None,
                    help="time the DSS top-k at CVUSA size (default: on CUDA only)")
     p.add_argument("--out", default="bench_results/train.json")
