@@ -15,19 +15,16 @@ scores: whenever the true top-k are among the R candidates, the answer is bit-id
 backend's. Recall@k is the fraction of true top-k the index proposes; it grows with R and with the index's
 search effort (``ef`` / ``nprobe`` / ``search_list``, set from R here).
 
-**Index per size** (:func:`choose_index`; ``index_type`` overrides). Memory per vector is for d=1024 fp32:
+**Index per size** (:func:`choose_index`; ``index_type`` overrides), memory for d=1024 float32:
 
-============  =====================  ===========================================================
-size          index                  trade-off
-============  =====================  ===========================================================
-< 1M          HNSW M=16, efC=200     ~4.2 KB/vector in RAM; recall@10 ≳ 0.99 at ef ≥ 2R
-1M – 50M      IVF_PQ m=d/8, 8 bits   ~d/8 B/vector (+ raw vectors on disk for the re-rank);
-                                     recall@10 0.8–0.95 before re-rank, nprobe = 64
-≥ 50M         DISKANN                graph + vectors on SSD, PQ codes in RAM; recall@10 ≳ 0.95
-============  =====================  ===========================================================
+* < 1M vectors: HNSW (M=16, efConstruction=200): the graph and the vectors in RAM (~4.2 KB/vector);
+  search effort ``ef = max(2R, 64)``.
+* 1M – 50M: IVF_PQ (nlist ≈ 4√N, m = d/8 sub-quantisers of 8 bits): ~d/8 bytes/vector in RAM; the raw
+  vectors stay in the collection for the re-rank; ``nprobe = 64``.
+* ≥ 50M: DISKANN: graph and vectors on SSD, compressed vectors in RAM; ``search_list = max(2R, 100)``.
 
-The figures of the trade-off measured on this repository's synthetic galleries are in docs/SCALING.md
-(``s4g-bench scale``), each against the exact core index in the same run.
+Recall is a property of the data and the index parameters: ``s4g-bench scale`` measures recall@1/@10 of each
+choice against the exact core index in the same run; the figures are in docs/SCALING.md.
 """
 
 from __future__ import annotations
@@ -165,7 +162,8 @@ class MilvusIndex:
         props = desc.get("properties") or {}
         fp, dim = props.get("s4g.fingerprint"), int(props.get("s4g.dim", 0))
         if props.get("s4g.complete") != "1":
-            raise StateError(f"Milvus collection {collection!r} at {uri!r} is an unfinished build; rerun s4g-index build")
+            raise StateError(f"Milvus collection {collection!r} at {uri!r} is an unfinished build; rerun "
+                             "s4g-index build")
         if expected_fingerprint is not None and fp != expected_fingerprint:
             raise ModelMismatchError(f"Milvus collection {collection!r} at {uri!r} was built with model fingerprint "
                                      f"{fp!r}, not with this model ({expected_fingerprint!r}); rebuild the gallery "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,7 +42,8 @@ def import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise DependencyError(f"--ray needs Ray Data ({exc}); install the cluster extra: pip install 's4g[cluster]'") from exc
+        raise DependencyError(f"--ray needs Ray Data ({exc}); install the cluster extra: "
+                              "pip install 's4g[cluster]'") from exc
     return ray
 
 
@@ -52,7 +53,8 @@ class RayEmbedConfig:
 
     ``actors``: the most actors in the pool (default: as many as the cluster's CPUs / ``cpus_per_actor``);
     ``gpus_per_actor`` > 0 runs the encoders on GPUs (device ``cuda``; not bit-identical to a CPU build);
-    ``local_cpus``/``object_store_mb``: the in-process Ray when no ``address`` is given.
+    ``local_cpus``/``object_store_mb``: the in-process Ray when no ``address`` is given; ``manifest_every_s``:
+    how often finished shards are written to the manifest (a kill loses at most that much work).
     """
 
     model: str
@@ -68,6 +70,7 @@ class RayEmbedConfig:
     precision: str = "auto"
     local_cpus: int | None = None
     object_store_mb: int = 512
+    manifest_every_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
@@ -97,7 +100,8 @@ def resolve_encoder(cfg: RayEmbedConfig) -> dict[str, Any]:
                             batch_size=cfg.batch_size, decode_threads=1) as loc:
         choice = loc.encoder_choice.get("aerial") or {}
         return {"fingerprint": loc.fingerprint, "embed_dim": loc.embed_dim, "device": device,
-                "backend": str(choice.get("runtime", cfg.backend)), "precision": str(choice.get("precision", cfg.precision))}
+                "backend": str(choice.get("runtime", cfg.backend)),
+                "precision": str(choice.get("precision", cfg.precision))}
 
 
 class ShardEmbedder:
@@ -171,16 +175,19 @@ def _run_pool(ray: Any, cfg: RayEmbedConfig, enc: dict[str, Any], man: Manifest,
         cpus = float(ray.cluster_resources().get("CPU", 1))
         actors = cfg.actors or max(1, int(cpus // cfg.cpus_per_actor))
         actors = min(actors, len(todo))
-        items = [{"shard": i, "start": ranges[i][0], "paths": list(paths[ranges[i][0]:ranges[i][1]]),
-                  "lat": coords[ranges[i][0]:ranges[i][1], 0].tolist(), "lon": coords[ranges[i][0]:ranges[i][1], 1].tolist(),
-                  "ids": list(ids[ranges[i][0]:ranges[i][1]])} for i in todo]
+        items = []
+        for i in todo:
+            a, b = ranges[i]
+            items.append({"shard": i, "start": a, "paths": list(paths[a:b]), "lat": coords[a:b, 0].tolist(),
+                          "lon": coords[a:b, 1].tolist(), "ids": list(ids[a:b])})
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             ShardEmbedder, batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-            fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()), "shards_dir": str(Path(cfg.shards_dir).resolve()),
+            fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()),
+                                   "shards_dir": str(Path(cfg.shards_dir).resolve()),
                                    "batch_size": cfg.batch_size, "device": enc["device"], "backend": enc["backend"],
                                    "precision": enc["precision"], "threads": max(1, int(cfg.cpus_per_actor))})
         bar = None
@@ -188,17 +195,19 @@ def _run_pool(ray: Any, cfg: RayEmbedConfig, enc: dict[str, Any], man: Manifest,
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc="embed shards", unit="shard")
-        for row in ds.iter_rows():
-            man.record({k: (int(row[k]) if k in ("shard", "rows", "start", "stop") else str(row[k]))
-                        for k in ("shard", "file", "sha256", "rows", "start", "stop")})
+        last_save = time.monotonic()
+        try:
+            for row in ds.iter_rows():
+                due = time.monotonic() - last_save >= cfg.manifest_every_s
+                man.record({k: (int(row[k]) if k in ("shard", "rows", "start", "stop") else str(row[k]))
+                            for k in ("shard", "file", "sha256", "rows", "start", "stop")}, save=due)
+                last_save = time.monotonic() if due else last_save
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            man.save()  # what finished is recorded even when the job fails or is interrupted
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
     finally:
         if started:
             ray.shutdown()
-
-
-def config_dict(cfg: RayEmbedConfig) -> dict[str, Any]:
-    return asdict(cfg)

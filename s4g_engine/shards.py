@@ -84,7 +84,8 @@ def _read_parquet_list(path: Path, images_dir: Path) -> tuple[list[str], np.ndar
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises its own error types for damaged files
-        raise FormatError(f"{path}: not a readable Parquet file ({exc}); expected columns image, lat, lon[, id]") from exc
+        raise FormatError(f"{path}: not a readable Parquet file ({exc}); expected columns image, lat, "
+                          "lon[, id]") from exc
     names = {n.strip().lower(): n for n in table.column_names}
     col = {k: next((names[c] for c in cands if c in names), None) for k, cands in COLUMNS.items()}
     missing = [k for k in ("image", "lat", "lon") if col[k] is None]
@@ -222,10 +223,13 @@ class Manifest:
                "shards": [self.shards[i] for i in sorted(self.shards)]}
         atomic_write_text(self.folder / MANIFEST, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Add a finished shard and rewrite the manifest (atomically)."""
+    def record(self, entry: dict[str, Any], *, save: bool = True) -> None:
+        """Add a finished shard; rewrite the manifest (atomically) unless ``save`` is False. A shard whose file
+        is written but not yet recorded is recomputed after a crash, so callers may save every few seconds
+        (a manifest of 10⁵ shards is several MB: rewriting it per shard would cost O(shards²) bytes)."""
         self.shards[int(entry["shard"])] = dict(entry)
-        self.save()
+        if save:
+            self.save()
 
     def finished(self, ranges: Sequence[tuple[int, int]]) -> set[int]:
         """Shards the manifest lists whose file still has its sha256 and the planned row range; others are

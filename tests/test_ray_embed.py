@@ -110,10 +110,12 @@ def test_killed_job_resumes_and_skips_finished_shards(gallery, local_ray, tmp_pa
     tiles, csv_path, ref = gallery
     out = tmp_path / "ray.npz"
     shards = Path(f"{out}.shards")
-    cmd = [sys.executable, "-c", "import sys; from s4g_engine.cli import index_main; sys.exit(index_main(sys.argv[1:]))"]
+    cmd = [sys.executable, "-c",
+           "import sys; from s4g_engine.cli import index_main; sys.exit(index_main(sys.argv[1:]))"]
     args = _args(tiles, csv_path, out)[:-2] + ["--ray-actors", "1", "--shard-size", "4"]
     address = local_ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen(cmd + args + ["--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd + args + ["--address", address], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     killed_after = None
     try:
         deadline = time.monotonic() + 120
@@ -121,7 +123,7 @@ def test_killed_job_resumes_and_skips_finished_shards(gallery, local_ray, tmp_pa
             man = shards / "manifest.json"
             if man.is_file():
                 done = json.loads(man.read_text())["shards"]
-                if len(done) >= 2:
+                if len(done) >= 1:
                     killed_after = len(done)
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
@@ -131,10 +133,10 @@ def test_killed_job_resumes_and_skips_finished_shards(gallery, local_ray, tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     if killed_after is None:
-        pytest.fail("the build finished (or failed) before two shards were recorded; could not kill it mid-run")
+        pytest.fail("the build finished (or failed) before a shard was recorded; could not kill it mid-run")
     finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
     recorded = {e["file"] for e in json.loads((shards / "manifest.json").read_text())["shards"]}
-    assert len(recorded) >= 2 and len(recorded) < 14
+    assert 1 <= len(recorded) < 14
     # Restart with the same arguments.
     assert index_main(args) == 0
     after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}

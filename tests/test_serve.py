@@ -1,13 +1,10 @@
 """``s4g-serve`` as a real process (Ray Serve, loopback only): concurrent requests give the answers of
 ``Localiser.localise``; bad requests get 4xx that say what was wrong; oversized images are refused from their
-header, before decoding; SIGTERM lets the request in flight finish and exits 0."""
+header, before decoding. (Graceful shutdown: tests/test_serve_shutdown.py, the last user of the shared server.)"""
 
 from __future__ import annotations
 
-import io
 import struct
-import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +14,7 @@ import pytest
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 's4g[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 's4g[test]')")
 
-from gallery_util import MODEL, smooth_image  # noqa: E402
+from gallery_util import MODEL  # noqa: E402
 from serve_util import MAX_IMAGES, shared_server  # noqa: E402
 
 from s4g_engine.localiser import Localiser  # noqa: E402
@@ -31,12 +28,6 @@ def server():
 def _post(url: str, files: list[tuple[str, bytes]], params: dict | None = None, **kw) -> httpx.Response:
     return httpx.post(url + "/v1/localise", files=[("image", (n, d, "application/octet-stream")) for n, d in files],
                       params=params or {}, timeout=120, **kw)
-
-
-def _jpeg(w: int, h: int, seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    smooth_image(np.random.default_rng(seed), h, w).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def test_concurrent_requests_match_localiser(server) -> None:
@@ -125,44 +116,3 @@ def test_bad_requests_get_a_4xx_that_says_why(server, case: str, status: int, wo
     assert r.status_code == status, r.text
     assert words in r.json()["detail"], r.json()
     assert httpx.get(server.url + "/healthz").status_code == 200  # the service is still up
-
-
-def test_graceful_shutdown_finishes_the_request_in_flight(server) -> None:
-    """The last test of the shared server: SIGTERM arrives while a request's body is still being uploaded."""
-    photos = [("image", (f"p{i}.jpg", _jpeg(640, 480, seed=i), "image/jpeg")) for i in range(6)]
-    prepared = httpx.Request("POST", server.url + "/v1/localise", params={"k": 3}, files=photos)
-    body = prepared.read()
-    sent_half = threading.Event()
-
-    def slow_body():
-        yield body[: len(body) // 2]
-        sent_half.set()
-        time.sleep(1.5)  # SIGTERM is sent meanwhile
-        yield body[len(body) // 2:]
-
-    result: dict = {}
-
-    def upload() -> None:
-        headers = {"content-type": prepared.headers["content-type"], "content-length": str(len(body))}
-        try:
-            result["r"] = httpx.post(server.url + "/v1/localise", params={"k": 3}, content=slow_body(),
-                                     headers=headers, timeout=120)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            result["err"] = exc
-
-    t = threading.Thread(target=upload)
-    t.start()
-    assert sent_half.wait(60)
-    time.sleep(0.2)
-    t_stop = time.monotonic()
-    rc = server.stop()
-    t.join(120)
-    assert "err" not in result, result.get("err")
-    assert result["r"].status_code == 200, result["r"].text
-    assert len(result["r"].json()["results"]) == 6
-    assert rc == 0, server.log.read_text(errors="replace")[-2000:]
-    assert time.monotonic() - t_stop < 90
-    log = server.log.read_text(errors="replace")
-    assert "s4g-serve: shutting down" in log and "s4g-serve: stopped" in log
-    with pytest.raises(httpx.TransportError):
-        httpx.get(server.url + "/healthz", timeout=2)

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServeConfig(model=str(Path(args.model).resolve()), index=index, host=args.host, port=args.port,
                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, replicas=args.replicas,
                       cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
-                      device=args.device, backend=args.backend, precision=args.precision, request_timeout_s=args.timeout_s, max_images=args.max_images,
+                      device=args.device, backend=args.backend, precision=args.precision,
+                      request_timeout_s=args.timeout_s, max_images=args.max_images,
                       max_k=args.max_k, tiles=str(Path(args.tiles).resolve()) if args.tiles else None)
     t0 = time.perf_counter()
     ray, serve = start(cfg, address=args.address, ray_cpus=args.ray_cpus)

@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| max batch | p50 ms | p99 ms | requests/s | errors | RSS MB after round 1 → 2 | exit |")
     print("|---:|---:|---:|---:|---:|---|---:|")
     for r in res["rows"]:
-        print(f"| {r['max_batch']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_s']:.1f} | {r['errors']} | "
+        print(f"| {r['max_batch']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_s']:.1f} | "
+              f"{r['errors']} | "
               f"{r['rss_mb_after_round1']:.0f} → {r['rss_mb_after_round2']:.0f} | {r['exit_code']} |")
     print(f"wrote {args.out}")
     return 0
