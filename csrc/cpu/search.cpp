@@ -17,12 +17,12 @@
 // 2. Margin. s4g/search_bound.h proves |ŝ − s| ≤ ε(q, r) = P_q·‖r‖ + R_q·‖r − r̂‖ + H (per query
 //    coefficients, per reference-panel norms measured while packing).
 // 3. Refine.
-//    top-k: keep the approximate top-(k+m) per query and reference range (heaps on (ŝ, index)); then
-//    rescore the candidates canonically in ŝ order into an exact top-k heap, and stop as soon as the
-//    next candidate cannot reach it: ŝ_next + ε < s_k (strict; every candidate not yet rescored and every
-//    reference outside the heaps has ŝ ≤ ŝ_next, so s ≤ ŝ + ε < s_k and it ranks after the k-th even on
-//    a tie of indices). If all candidates are rescored, the references that never made a heap (ŝ ≤ t,
-//    t = the worst kept ŝ of a full heap) are excluded by t + ε < s_k. A query whose certificate fails
+//    top-k: keep at least the approximate top-(k+m) per query and reference range (reservoirs on
+//    (ŝ, index)); then rescore the candidates canonically in ŝ order into an exact top-k heap, and stop as
+//    soon as the next candidate cannot reach it: ŝ_next + ε < s_k (strict; every candidate not yet
+//    rescored and every discarded reference has ŝ ≤ ŝ_next, so s ≤ ŝ + ε < s_k and it ranks after the
+//    k-th even on a tie of indices). If all candidates are rescored, the discarded references (ŝ ≤ t, t =
+//    the reservoir's threshold) are excluded by t + ε < s_k. A query whose certificate fails
 //    (more than m references within 2ε of its k-th score) is searched again with 4× the extra
 //    candidates, and if that fails too (duplicates, wide ties) scanned canonically.
 //    positive_ranks: s_pos canonical; ŝ > s_pos + ε counts, ŝ < s_pos − ε does not; only the band in
@@ -59,7 +59,7 @@ namespace {
 
 constexpr int64_t kExtraMin = 32;                // m = max(32, k) extra candidates
 constexpr int64_t kQueryBlockBytes = int64_t(2) << 20;  // packed query block
-constexpr int64_t kHeapBytes = int64_t(64) << 20;       // approximate heaps of one query block
+constexpr int64_t kHeapBytes = int64_t(64) << 20;       // candidate reservoirs of one query block
 
 // Tuning knobs (tests force the paths on small inputs through set_search_tuning).
 std::atomic<int64_t> g_small_batch{3};     // Q below this: float32 dot filter, no packing (memory-bound)
@@ -68,21 +68,29 @@ std::atomic<int64_t> g_canonical_ratio{10};  // (k + m)·ratio ≥ N: canonical 
 SearchStats g_stats;  // counters of the last call (diagnostics; concurrent calls may mix them)
 
 // ---- top-k ------------------------------------------------------------------------------------------
-// Approximate heaps (ŝ, index) per reference range × query of a block.
-struct Heaps {
+// Approximate candidates (ŝ, index) per reference range × query of a block: a reservoir with room for
+// 2·cap that admits only ŝ above its threshold and, when full, keeps its best cap (nth_element by
+// ranks_before) and raises the threshold to the cap-th best — amortised O(1) per admission (a binary
+// heap cost ~1/3 of the tile time at k = 128). Everything discarded has ŝ ≤ the threshold, which only
+// rises; the threshold stays −∞ until something is discarded ("complete").
+struct Cand {
+  float s;
+  int64_t i;
+};
+
+inline bool cand_before(const Cand& a, const Cand& b) { return ranks_before(a.s, a.i, b.s, b.i); }
+
+struct Reservoirs {
   int64_t nq = 0, cap = 0;
-  std::vector<float> s;
-  std::vector<int64_t> i, size;
+  std::vector<Cand> c;     // (range · nq + j) · 2cap …
+  std::vector<int64_t> n;  // filled
+  std::vector<float> thr;  // admission threshold
   void reset(int64_t ranges, int64_t nq_, int64_t cap_) {
     nq = nq_;
     cap = cap_;
-    s.resize(ranges * nq * cap);
-    i.resize(ranges * nq * cap);
-    size.assign(ranges * nq, 0);
-  }
-  TopkHeap view(int64_t r, int64_t j) {
-    const int64_t h = r * nq + j;
-    return TopkHeap{s.data() + h * cap, i.data() + h * cap, size[h], cap};
+    c.resize(ranges * nq * 2 * cap);
+    n.assign(ranges * nq, 0);
+    thr.assign(ranges * nq, -INFINITY);
   }
 };
 
@@ -92,15 +100,25 @@ struct Excl {
   bool has(int64_t q, int64_t id) const { return m > 0 && sorted_contains(ids.data() + q * m, cnt[q], id); }
 };
 
-// Offer the scores row[0..rows) (references n0..; none above `rowmax`) of global query q to heap h.
-inline void offer(TopkHeap& h, const float* row, float rowmax, int rows, int64_t n0, const Excl& ex, int64_t q) {
-  float thr = h.threshold();
-  if (!(rowmax > thr)) return;  // the common case once the heap is full (a NaN score is never kept anyway)
+// Offer the scores row[0..rows) (references n0..; none above `rowmax`) of global query q to reservoir h.
+inline void offer(Reservoirs& R, int64_t h, const float* row, float rowmax, int rows, int64_t n0, const Excl& ex,
+                  int64_t q) {
+  float thr = R.thr[h];
+  if (!(rowmax > thr)) return;  // the common case once something was discarded (NaN is never admitted)
+  Cand* c = R.c.data() + h * 2 * R.cap;
+  int64_t n = R.n[h];
   for (int i = 0; i < rows; ++i) {
     if (!(row[i] > thr) || ex.has(q, n0 + i)) continue;
-    h.push(row[i], n0 + i);
-    thr = h.threshold();
+    if (n == 2 * R.cap) {
+      std::nth_element(c, c + R.cap - 1, c + n, cand_before);
+      n = R.cap;
+      thr = c[R.cap - 1].s;
+      if (!(row[i] > thr)) continue;
+    }
+    c[n++] = Cand{row[i], n0 + i};
   }
+  R.n[h] = n;
+  R.thr[h] = thr;
 }
 
 struct TopkJob {
@@ -114,25 +132,25 @@ struct TopkJob {
 };
 
 // Certify and refine one query (see the file note). Returns false when the certificate fails.
-bool refine(const TopkJob& job, const Heaps& H, int64_t ranges, int64_t j, int64_t q, double eps, int64_t* rescored) {
-  std::vector<std::pair<float, int64_t>> cand;
+bool refine(const TopkJob& job, const Reservoirs& R, int64_t ranges, int64_t j, int64_t q, double eps, int64_t* rescored) {
+  std::vector<Cand> cand;
   bool complete = true;
-  double t_out = -INFINITY;
+  double t_out = -INFINITY;  // every discarded reference has ŝ ≤ t_out
   for (int64_t r = 0; r < ranges; ++r) {
-    const int64_t h = r * H.nq + j, sz = H.size[h];
-    if (sz == H.cap) {
+    const int64_t h = r * R.nq + j;
+    if (R.thr[h] != -INFINITY) {
       complete = false;
-      t_out = std::max(t_out, double(H.s[h * H.cap]));  // the heap's root: its worst kept ŝ
+      t_out = std::max(t_out, double(R.thr[h]));
     }
-    for (int64_t t = 0; t < sz; ++t) cand.emplace_back(H.s[h * H.cap + t], H.i[h * H.cap + t]);
+    cand.insert(cand.end(), R.c.begin() + h * 2 * R.cap, R.c.begin() + h * 2 * R.cap + R.n[h]);
   }
-  std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return ranks_before(a.first, a.second, b.first, b.second); });
+  std::sort(cand.begin(), cand.end(), cand_before);
   const int64_t k = job.k, kk = std::min(k, job.in.n);
   float* os = job.out_s + q * k;
   int64_t* oi = job.out_i + q * k;
   if (job.mode == SearchMode::kFilterOnly) {
     const int64_t take = std::min<int64_t>(k, (int64_t)cand.size());
-    for (int64_t t = 0; t < k; ++t) { os[t] = t < take ? cand[t].first : -INFINITY; oi[t] = t < take ? cand[t].second : -1; }
+    for (int64_t t = 0; t < k; ++t) { os[t] = t < take ? cand[t].s : -INFINITY; oi[t] = t < take ? cand[t].i : -1; }
     return true;
   }
   TopkHeap E{os, oi, 0, kk};
@@ -141,9 +159,9 @@ bool refine(const TopkJob& job, const Heaps& H, int64_t ranges, int64_t j, int64
   float sc[detail::kCanonBatch];
   int64_t ids[detail::kCanonBatch];
   while (c < cand.size()) {
-    if (E.size == kk && kk > 0 && bound::add_up(cand[c].first, eps) < double(E.s[0])) { certified = true; break; }
+    if (E.size == kk && kk > 0 && bound::add_up(cand[c].s, eps) < double(E.s[0])) { certified = true; break; }
     const int n = int(std::min<size_t>(detail::kCanonBatch, cand.size() - c));
-    for (int t = 0; t < n; ++t) ids[t] = cand[c + t].second;
+    for (int t = 0; t < n; ++t) ids[t] = cand[c + t].i;
     canon_row(job.F, job.in, q, ids, n, sc);
     for (int t = 0; t < n; ++t) E.push(sc[t], ids[t]);
     c += n;
@@ -157,7 +175,7 @@ bool refine(const TopkJob& job, const Heaps& H, int64_t ranges, int64_t j, int64
 }
 
 // Certify/refine the block's queries; failing ones are appended to `failed` (global ids).
-void refine_block(const TopkJob& job, const QueryBlock& b, const Heaps& H, int64_t ranges, double rn, double er,
+void refine_block(const TopkJob& job, const QueryBlock& b, const Reservoirs& H, int64_t ranges, double rn, double er,
                   bool dot_path, std::vector<int64_t>& failed) {
   int64_t rescored = 0, certified = 0;
   std::vector<int64_t> fail_local;
@@ -184,7 +202,7 @@ struct NormMax {
   void add(double a, double b) { rn = std::max(rn, a); er = std::max(er, b); }
 };
 
-void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, Heaps& H, NormMax& nm) {
+void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, Reservoirs& H, NormMax& nm) {
   const Filter& F = job.F;
   std::vector<NormMax> part(sp.ranges * sp.groups);
 #pragma omp parallel for schedule(dynamic, 1)
@@ -198,9 +216,7 @@ void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, 
                  mine.add(rn, er);
                  for (int j = 0; j < nq; ++j) {
                    const int64_t bj = p * F.mq + j;
-                   TopkHeap h = H.view(r, bj);
-                   offer(h, C + j * F.nr, rowmax[j], rows, n0, job.ex, b.q0 + bj);
-                   H.size[r * H.nq + bj] = h.size;
+                   offer(H, r * H.nq + bj, C + j * F.nr, rowmax[j], rows, n0, job.ex, b.q0 + bj);
                  }
                });
   }
@@ -208,15 +224,13 @@ void scan_topk_packed(const TopkJob& job, const QueryBlock& b, const Split& sp, 
 }
 
 // Small batches: ŝ = float32 dot product per pair, no packing; also Σ r² per reference for the margin.
-void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Heaps& H, NormMax& nm) {
+void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Reservoirs& H, NormMax& nm) {
   const Filter& F = job.F;
   const SearchInput& in = job.in;
   const int64_t depth = F.dot_depth(in.d);
   std::vector<NormMax> part(sp.ranges);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t r = 0; r < sp.ranges; ++r) {
-    std::vector<TopkHeap> heaps;
-    for (int64_t j = 0; j < b.nq; ++j) heaps.push_back(H.view(r, j));
     float msq = 0;
     for (int64_t n = sp.range_begin(r, in.n); n < sp.range_begin(r + 1, in.n); ++n) {
       const float* rf = static_cast<const float*>(in.r) + n * in.ldr;
@@ -226,16 +240,15 @@ void scan_topk_dot(const TopkJob& job, const QueryBlock& b, const Split& sp, Hea
       for (int64_t j = 0; j < b.nq; ++j) {
         const float* q = qrow(in, b.q0 + j);
         const float s = in.r_half ? F.dot_f16(q, rh, in.d) : F.dot_f32(q, rf, in.d);
-        offer(heaps[j], &s, s, 1, n, job.ex, b.q0 + j);
+        offer(H, r * H.nq + j, &s, s, 1, n, job.ex, b.q0 + j);
       }
     }
-    for (int64_t j = 0; j < b.nq; ++j) H.size[r * H.nq + j] = heaps[j].size;
     part[r].add(bound::sumsq_norm_bound(msq, depth, in.d), 0.0);
   }
   for (const auto& m : part) nm.add(m.rn, m.er);
 }
 
-// One filtered pass over all queries of job.in with approximate heaps of `cap`; returns the queries
+// One filtered pass over all queries of job.in keeping ≥ `cap` candidates each; returns the queries
 // (ids in job.in) whose certificate failed, their output rows unwritten.
 std::vector<int64_t> topk_filtered(const TopkJob& job, bool dot_path, int64_t cap) {
   const Filter& F = job.F;
@@ -243,10 +256,10 @@ std::vector<int64_t> topk_filtered(const TopkJob& job, bool dot_path, int64_t ca
   const int threads = omp_get_max_threads();
   const int64_t kp = F.packed_depth(in.d);
   int64_t block = dot_path ? in.nq : std::max<int64_t>(F.mq, kQueryBlockBytes / (kp * 4) / F.mq * F.mq);
-  block = std::max<int64_t>(F.mq, std::min(block, kHeapBytes / (threads * cap * 12) / F.mq * F.mq));
+  block = std::max<int64_t>(F.mq, std::min(block, kHeapBytes / (threads * cap * 2 * int64_t(sizeof(Cand))) / F.mq * F.mq));
   std::vector<int64_t> failed;
   QueryBlock b;
-  Heaps H;
+  Reservoirs H;
   for (int64_t q0 = 0; q0 < in.nq; q0 += block) {
     make_query_block(F, in, q0, std::min(block, in.nq - q0), !dot_path, b);
     const Split sp = dot_path ? Split{std::max<int64_t>(1, std::min<int64_t>(threads, in.n / 1024)), 1}
