@@ -467,6 +467,8 @@ def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str
             i += 2
             continue
         if a.startswith("--set="):
+            if "=" not in a[len("--set="):]:
+                raise InputError(f"{a}: --set expects section.field=value, e.g. --set=optim.lr=3e-4")
             k, v = a[len("--set="):].split("=", 1)
             overrides.append((k, v))
             i += 1

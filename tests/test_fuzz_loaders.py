@@ -299,3 +299,49 @@ def test_inverse_polar(p, size):
     from s4g_engine import inverse_polar
 
     expect_ok_or_ours(lambda: inverse_polar(p, size), also=KERNEL_ERRORS)
+
+
+# ------------------------------------------------------------------------------------ training configs
+YAML_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats() | st.text(max_size=8),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8) | st.integers(0, 3),
+                                                                               c, max_size=3), max_leaves=8)
+YAML_DOC = st.dictionaries(
+    st.sampled_from(["data", "model", "optim", "sampling", "train", "eval", "loss", "nope"]),
+    YAML_VALUES | st.dictionaries(st.sampled_from(["lr", "epochs", "batch_size", "name", "dataset", "ground_size",
+                                                   "backbone", "root", "strategy", "seed", "x"]), YAML_VALUES,
+                                  max_size=3), max_size=3)
+
+
+@FUZZ_FEW
+@given(doc=YAML_DOC | YAML_VALUES, raw=st.binary(max_size=60))
+def test_training_config_files(doc, raw):
+    pytest.importorskip("torch")
+    import yaml
+
+    from s4g_train.config import build_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "c.yaml"
+        for text in (yaml.safe_dump(doc).encode(), raw):
+            p.write_bytes(text)
+            with watched(Path(tmp)):
+                expect_ok_or_ours(lambda: build_config(None, str(p), []))
+
+
+OVERRIDE_KEYS = st.sampled_from(["optim.lr", "train.epochs", "model.ground_size", "data.dataset", "a", "a.b.c.d",
+                                 "train.", ".x", "eval.select", "data.aug.flip_p"]) | st.text(max_size=8)
+
+
+@FUZZ
+@given(argv=st.lists(st.sampled_from(["--set", "--train.epochs", "--set=a", "x", "--optim.lr=3", "--set=optim.lr=1"])
+                     | st.tuples(OVERRIDE_KEYS, st.text(max_size=10)).map(lambda kv: f"--set={kv[0]}={kv[1]}"),
+                     max_size=5))
+def test_training_config_overrides(argv):
+    pytest.importorskip("torch")
+    from s4g_train.config import build_config, split_cli_overrides
+
+    def run():
+        _, overrides = split_cli_overrides(argv)
+        build_config("synthetic", None, overrides)
+
+    expect_ok_or_ours(run)
