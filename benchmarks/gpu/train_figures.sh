@@ -19,6 +19,7 @@ OUT=${OUT:-$REPO/gpu_results}
 R=$OUT/train
 mkdir -p "$R"
 t0=$(date +%s)
+export PYTHONUNBUFFERED=1
 
 # 1. the wheels this machine lacks, into a private folder on PYTHONPATH (no change to the system's packages)
 SITE=${S4G_WHEEL_SITE:-/tmp/s4g-gpu-site}

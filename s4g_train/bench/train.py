@@ -97,6 +97,7 @@ def _s4g_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any
         compile_s = (step.first_step_s or t["first_s"]) - t["s_per_step"]  # the first step compiles
         rows.append(_row("s4g-train + torch.compile", t, cfg.train.batch_size, kind="s4g", compile_s=compile_s))
         cfg.train.compile = False
+    tr.feed.close()  # its workers may still be preparing batches: they must not compete with the next loop
     return rows
 
 
