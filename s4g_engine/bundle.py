@@ -99,14 +99,12 @@ def _check_view_files(cfg: Mapping[str, Any], view: str, listed: set[str], where
         raise FormatError(f"{w}: expected an object like {{\"fp32\": \"{view}.onnx\"}}, got {vf!r}; {_REEXPORT}")
     if "fp32" not in vf:
         raise FormatError(f"{w}: expected an 'fp32' entry (the view's ONNX graph), got keys {sorted(vf)}; {_REEXPORT}")
-    names: list[tuple[str, Any]] = [(f"{w}.fp32", vf["fp32"])]
-    if vf.get("fp16") is not None:
-        names.append((f"{w}.fp16", vf["fp16"]))
-    trt = vf.get("tensorrt")
-    if trt is not None:
-        if not isinstance(trt, Mapping):
-            raise FormatError(f"{w}.tensorrt: expected an object (machine key → engine file), got {trt!r}")
-        names.extend((f"{w}.tensorrt.{k}", v) for k, v in trt.items())
+    names: list[tuple[str, Any]] = []
+    for key, value in vf.items():  # fp32, fp16, int8, ... and tensorrt {machine key: engine}
+        if isinstance(value, Mapping):
+            names.extend((f"{w}.{key}.{k}", v) for k, v in value.items())
+        elif value is not None:
+            names.append((f"{w}.{key}", value))
     for w_name, rel in names:
         if _norm(rel, w_name) not in listed:
             raise FormatError(f"{w_name}: model file {rel!r} is not listed under 'files' in config.json, so it "
@@ -221,14 +219,14 @@ def read_bundle_config(path: str | os.PathLike[str], *, verify: bool = True) -> 
 
 def view_model_files(root: Path, cfg: Mapping[str, Any], view: str) -> dict[str, Any]:
     """``views.<view>.files`` with every path turned into a checked :class:`Path` inside ``root``
-    (``fp32``, optional ``fp16``, optional ``tensorrt`` {key: path})."""
-    vf = cfg["views"][view]["files"]
+    (``fp32``; optional ``fp16``, ``int8``, ...; ``tensorrt`` {machine key: path})."""
     where = f"{root / CONFIG}: views.{view}.files"
-    out: dict[str, Any] = {"fp32": bundle_path(root, vf["fp32"], where)}
-    if vf.get("fp16"):
-        out["fp16"] = bundle_path(root, vf["fp16"], where)
-    if vf.get("tensorrt"):
-        out["tensorrt"] = {k: bundle_path(root, v, where) for k, v in vf["tensorrt"].items()}
+    out: dict[str, Any] = {}
+    for key, value in cfg["views"][view]["files"].items():
+        if isinstance(value, Mapping):
+            out[key] = {k: bundle_path(root, v, where) for k, v in value.items()}
+        elif value:
+            out[key] = bundle_path(root, value, where)
     return out
 
 

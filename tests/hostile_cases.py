@@ -576,3 +576,21 @@ def _(ctx):
     scores, idx = i.search(emb[:5], 200)
     assert (idx < 0).any(), "expected an IVF-PQ search with nprobe=1 to miss candidates"
     assert np.all(scores[idx < 0] == -np.inf) and np.isfinite(scores[idx >= 0]).all()
+
+
+@case("bundle-int8-graph-not-listed", E.FormatError, "views.ground.files.int8", "not listed under 'files'",
+      fault="loss")
+def _(ctx):
+    root, c = _cfg(ctx)
+    shutil.copy(root / "ground.onnx", root / "ground.int8.onnx")
+    c["views"]["ground"]["files"]["int8"] = "ground.int8.onnx"
+    write_config(root, c)
+    _load(ctx, root)
+
+
+@case("bundle-tensorrt-engine-outside", E.FormatError, "views.aerial.files.tensorrt.gpu", "climbs out", fault="loss")
+def _(ctx):
+    root, c = _cfg(ctx)
+    c["views"]["aerial"]["files"]["tensorrt"] = {"gpu": "../../engine.plan"}
+    write_config(root, c)
+    _load(ctx, root)
