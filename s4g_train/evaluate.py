@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_model(args.checkpoint, backbone=args.backbone, allow_partial=args.allow_partial,
                                  ground_size=args.ground_size, aerial_size=args.aerial_size, dataset=args.dataset)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"s4g-eval: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
+        print(f"s4g-eval: error: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
     data_cfg = (info.get("config") or {}).get("data", {})
     dataset = args.dataset or data_cfg.get("dataset")

@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                                       dataset=args.dataset)
         contract = checkpoint_contract(model, info.get("config"), interpolation=args.interpolation)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"s4g-export: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
+        print(f"s4g-export: error: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
     cpu_int8 = None
     if args.cpu_int8:
