@@ -266,7 +266,9 @@ def topk_similarity(queries: Any, refs: Any, k: int, *, exclude: Any = None) -> 
     Args:
         queries: float32 ``(Q, d)`` (float16/float64 are converted).
         refs: float32 or float16 ``(N, d)``; rows must be contiguous to avoid a copy (row slices are fine).
-        k: number of results per query (``k > N`` pads with index −1 and score −inf).
+        k: number of results per query (``k > N`` pads with index −1 and score −inf, up to the limit
+            ``max_k``; beyond it, or when ``Q·k`` exceeds ``max_topk_results``: ``LimitError``, see
+            :mod:`s4g_engine.limits`).
         exclude: optional int ``(Q, m)`` reference ids to skip per query, −1 padded (e.g. a query's own
             positive and semi-positives when mining hard negatives); a 1-D ``(Q,)`` means one id each.
 
