@@ -43,9 +43,9 @@ from s4g_train.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONE", "OUTPUTS", "EpochBatchSampler", "ImageStore", "PairedTrainDataset", "ViewDataset", "build_contract",
-           "checkpoint_contract", "data_contract", "geometric", "load_image", "photometric", "polar_source_size",
-           "polar_tensor", "to_tensor"]
+__all__ = ["BACKBONE", "OUTPUTS", "EpochBatchSampler", "ImageStore", "PairedTrainDataset", "ViewDataset",
+           "build_contract", "checkpoint_contract", "data_contract", "geometric", "load_image", "photometric",
+           "polar_source_size", "polar_tensor", "to_tensor"]
 
 #: ``data.interpolation`` value that takes the resize filter from the backbone's timm data config.
 from s4g_train.parsers import BACKBONE  # noqa: E402  (one definition, torch-free for the CLI parsers)

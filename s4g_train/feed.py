@@ -182,7 +182,8 @@ def _cached_batches(dataset: ViewDataset, batch_size: int,
     store, n = dataset.store, len(dataset)
     if device.type != "cuda":
         for s in range(0, n, batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(store.batch(s, s + batch_size))), np.arange(s, min(n, s + batch_size))
+            e = min(n, s + batch_size)
+            yield torch.from_numpy(np.ascontiguousarray(store.batch(s, e))), np.arange(s, e)
         return
     shape = (min(batch_size, n), *store.size, 3)
     bufs = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]

@@ -175,8 +175,10 @@ def test_embedding_device_path_equals_cpu_path(tmp_path: Path, small_model: torc
     assert got.shape == (12, small_model.embed_dim)
     if device == "cpu":  # same inputs, same batches, same kernels: the same bits
         np.testing.assert_array_equal(got, want)
-    else:  # the same inputs on another device: GPU convolution rounding
-        np.testing.assert_allclose(got, want, atol=2e-4)
+    else:  # the same inputs on another device: GPU convolution rounding (TF32 in cuDNN by default)
+        cos = (got.astype(np.float64) * want).sum(axis=1)
+        assert cos.min() > 0.999, cos.min()
+        np.testing.assert_allclose(got, want, atol=5e-3)
 
 
 def test_probe_embedding_from_the_cache_equals_decoding_the_files(tmp_path: Path,

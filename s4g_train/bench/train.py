@@ -7,6 +7,8 @@ Rows (s/step, pairs/s, ``× model step`` = fraction of the ceiling, ``× referen
 * **model step** — the model's own optimisation step on device tensors, no data loading
   (s4g_train/bench/train_loops.py); with ``--variants`` also fp16 + GradScaler and NCHW, so the precision
   and layout defaults can be checked.
+* **s4g-train input path only** — the same batches, loader → device → normalised, without the step: above
+  the model step's pairs/s means the input keeps up.
 * **s4g-train** — ``Trainer.train_step`` fed by the trainer's own :class:`s4g_train.feed.TrainFeed` over its
   batch schedule: decode (cached in RAM), augmentation, the CPU or device input path, the step.
   ``--compile`` adds the same with ``train.compile`` and reports the compile time (first step − a step).
@@ -85,8 +87,14 @@ def _s4g_batches(tr: Any) -> Iterator[Any]:
 def _s4g_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     from s4g_train.bench.train_loops import time_steps
 
+    # the input path alone (loader workers → pinned → device → normalise), to see whether it keeps up with the step;
+    # the warm-up drains the batches the workers prepared ahead, so the timed ones show their steady rate
+    ahead = cfg.data.num_workers * cfg.data.prefetch_factor
+    t = time_steps(lambda g, a: None, _s4g_batches(tr), max(args.warmup, ahead + 1),
+                   max(args.steps, cfg.data.num_workers), tr.device)
+    rows = [_row("s4g-train input path only (no step)", t, cfg.train.batch_size, kind="input")]
     t = time_steps(lambda g, a: tr.train_step(g, a), _s4g_batches(tr), args.warmup, args.steps, tr.device)
-    rows = [_row("s4g-train", t, cfg.train.batch_size, kind="s4g")]
+    rows.append(_row("s4g-train", t, cfg.train.batch_size, kind="s4g"))
     if args.compile:
         from s4g_train.step import TrainStep
 
