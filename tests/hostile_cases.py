@@ -594,3 +594,24 @@ def _(ctx):
     c["views"]["aerial"]["files"]["tensorrt"] = {"gpu": "../../engine.plan"}
     write_config(root, c)
     _load(ctx, root)
+
+
+@case("index-saved-with-ordinary-permissions", None, fault="unclear")
+def _(ctx):
+    from s4g_engine.index import ReferenceIndex
+    i = ReferenceIndex(16, backend="exact")
+    i.add(np.eye(16, dtype=np.float32)[:3], np.zeros((3, 2)))
+    i.save(ctx.tmp / "p.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (ctx.tmp / "p.npz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+@case("index-unreadable-is-not-called-corrupt", E.FileAccessError, "permission", fault="unclear")
+def _(ctx):
+    import pytest
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    shutil.copy(ctx.index_file, ctx.tmp / "locked.npz")
+    os.chmod(ctx.tmp / "locked.npz", 0)
+    _load_index(ctx, ctx.tmp / "locked.npz")

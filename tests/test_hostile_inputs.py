@@ -63,9 +63,14 @@ def test_case(case: Case, ctx):
     if case.exc is None:
         case.run(ctx)  # must work; the case asserts its result
         return
-    with pytest.raises(BaseException) as ei:
+    try:
         case.run(ctx)
-    err = ei.value
+    except pytest.skip.Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the class is asserted below
+        err = exc
+    else:
+        pytest.fail(f"no error: the input was accepted (expected {case.exc.__name__})")
     assert type(err) is case.exc, f"expected {case.exc.__name__}, got {type(err).__name__}: {err}"
     msg = str(err).lower()
     for word in case.says:
