@@ -6,10 +6,10 @@
 
 An :class:`~s4g_engine.errors.S4GError` (bad input, a corrupt or foreign file, a limit, a missing extra) or
 an ``OSError`` (a full disk, a permission, a folder where a file was expected) becomes
-``s4g-index: error: <message>`` and exit code 2; Ctrl-C exits with 130. Anything else is a bug and keeps
-its traceback; a closed pipe (``| head``) ends quietly with 141. ``--debug`` anywhere before a ``--`` (or ``S4G_DEBUG=1``) shows the traceback of a user
-error too; the wrapper removes the flag, so the script's own parser never sees it (:func:`add_debug_flag`
-only documents it in ``--help``).
+``s4g-index: error: <message>`` and exit code 2; Ctrl-C exits with 130; a closed pipe (``| head``) ends
+quietly with 141. Anything else is a bug and keeps its traceback. ``--debug`` anywhere before a ``--`` (or
+``S4G_DEBUG=1``) shows the traceback of a user error too; the wrapper removes the flag, so the script's own
+parser never sees it (:func:`add_debug_flag` only documents it in ``--help``).
 
 Importing this module is cheap (no numpy, no torch): scripts wrap ``main`` at import time.
 """

@@ -181,7 +181,8 @@ def _kill_at_random(script: str, args: list[str], seeds: list[int], check, *, ma
         try:
             t0 = time.monotonic()
             line = proc.stdout.readline()  # type: ignore[union-attr]
-            assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+            err = proc.stderr.read() if proc.poll() is not None else ""  # type: ignore[union-attr]
+            assert line.strip() == "ready", (line, err)
             assert time.monotonic() - t0 < ready_timeout
             time.sleep(float(np.random.default_rng(seed).uniform(0.0, max_delay)))
             proc.send_signal(signal.SIGKILL)

@@ -99,8 +99,9 @@ def _cli_out_folder(ctx):
 
 def _cli_geojson_folder(ctx):
     (ctx.tmp / "g").mkdir()
-    return localise_main(["--model", str(ctx.tmp / "nomodel"), "--index", str(ctx.index_file),
-                          str(_tiles(ctx.tmp) / "t0.png"), "--geojson", str(ctx.tmp / "g")]), ["--geojson", "is a folder"]
+    rc = localise_main(["--model", str(ctx.tmp / "nomodel"), "--index", str(ctx.index_file),
+                        str(_tiles(ctx.tmp) / "t0.png"), "--geojson", str(ctx.tmp / "g")])
+    return rc, ["--geojson", "is a folder"]
 
 
 def _cli_index_npy(ctx):
