@@ -71,6 +71,9 @@ def test_topk_random_equals_canonical_and_float64(rng, path, nq, n, d, k, dtype)
     exact64 = np.take_along_axis(ref, np.where(valid, got[1], 0), 1)
     assert np.all(np.abs(np.where(valid, got[0] - exact64, 0)) <= 2 * d * 2**-24)
     assert (valid.sum(1) == min(k, n)).all() and np.isneginf(got[0][~valid]).all()
+    # and each reported score is the scalar canonical dot product of its pair, bit for bit
+    qi, ri = np.nonzero(valid)[0], got[1][valid]
+    np.testing.assert_array_equal(_core._pair_scores(q, r, qi, ri).view(np.uint32), got[0][valid].view(np.uint32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -9,6 +9,7 @@
 #include "s4g/bind_util.h"
 #include "s4g/cpu_gemm.h"
 #include "s4g/kernels.h"
+#include "s4g/search_cpu.h"
 
 namespace py = pybind11;
 
@@ -86,6 +87,18 @@ py::array_t<int64_t> ranks_mode(const py::array& queries, const py::array& refs,
   return out;
 }
 
+// Test-only: the scalar canonical score (dot_canonical) of the pairs (qi[t], ri[t]).
+py::array_t<float> pair_scores(const py::array& queries, const py::array& refs, const IdArray& qi, const IdArray& ri) {
+  const cpu::SearchInput in = search_input(queries, refs);
+  require(qi.ndim() == 1 && ri.ndim() == 1 && qi.shape(0) == ri.shape(0), "qi, ri: expected two (P,) id arrays");
+  const int64_t P = qi.shape(0);
+  for (int64_t t = 0; t < P; ++t)
+    require(qi.data()[t] >= 0 && qi.data()[t] < in.nq && ri.data()[t] >= 0 && ri.data()[t] < in.n, "ids out of range");
+  py::array_t<float> out(P);
+  for (int64_t t = 0; t < P; ++t) out.mutable_data()[t] = cpu::detail::pair_score(in, qi.data()[t], ri.data()[t]);
+  return out;
+}
+
 py::dict search_stats() {
   const cpu::SearchStats st = cpu::last_search_stats();
   py::dict d;
@@ -141,6 +154,8 @@ void register_search(py::module_& m) {
            const std::string& mode) { return ranks_mode(q, r, positive, ignore, parse_mode(mode)); },
         py::arg("queries"), py::arg("refs"), py::arg("positive"), py::arg("ignore") = py::none(), py::arg("mode") = "exact");
   m.def("_search_stats", &search_stats, "Counters of the last search call (diagnostics).");
+  m.def("_pair_scores", &pair_scores, py::arg("queries"), py::arg("refs"), py::arg("qi"), py::arg("ri"),
+        "Scalar canonical scores of chosen pairs (the reference the blocked kernels must match bit for bit).");
   m.def("_set_search_tuning", &cpu::set_search_tuning, py::arg("small_batch") = -1, py::arg("canonical_ratio") = -1,
         "Tests: force the small-batch / canonical paths (negative = keep).");
   m.def("count_nonfinite", &count_nonfinite, py::arg("x"), "Number of NaN/Inf values (float32/float16 array).");
