@@ -148,7 +148,11 @@ class MilvusIndex:
         c.alter_collection_properties(collection, properties={
             "s4g.fingerprint": str(fingerprint), "s4g.dim": str(int(dim)), "s4g.complete": "0",
             "s4g.expected_count": str(int(expected_count or 0))})
-        return cls(c, uri, collection, dim, fingerprint, index_type=index_type, overfetch=overfetch)
+        idx = cls(c, uri, collection, dim, fingerprint, index_type=index_type, overfetch=overfetch)
+        # The vector index is created before any insert, chosen for the expected size: Milvus then indexes the
+        # segments as they are sealed (creating it after large inserts is refused by Milvus Lite).
+        idx._create_vector_index(int(expected_count or 0))
+        return idx
 
     @classmethod
     def open(cls, uri: str, *, expected_fingerprint: str | None = None, expected_dim: int | None = None,
@@ -201,31 +205,30 @@ class MilvusIndex:
             self._count += e.shape[0]
             self._indexed = False
 
+    def _create_vector_index(self, n: int) -> None:
+        kind, params = choose_index(n, self.dim, self.requested_index)
+        ip = self._c.prepare_index_params()
+        ip.add_index("vector", index_type=kind, metric_type="IP", params=params)
+        self._c.create_index(self.collection, ip)
+        log.info("milvus: %s index %s for ~%d vectors", kind, params, n)
+
     def _ensure_index(self) -> None:
-        """Build the vector index chosen for the present size (once, after the inserts) and load."""
+        """Flush the inserts and load the collection for search (once after each series of adds)."""
         with self._lock:
             if self._indexed:
                 return
-            kind, params = choose_index(self._count, self.dim, self.requested_index)
-            self._c.release_collection(self.collection)
-            for name in self._c.list_indexes(self.collection):
-                self._c.drop_index(self.collection, name)
-            ip = self._c.prepare_index_params()
-            ip.add_index("vector", index_type=kind, metric_type="IP", params=params)
-            self._c.create_index(self.collection, ip)
+            self._c.flush(self.collection)
             self._c.load_collection(self.collection)
             self._indexed = True
-            log.info("milvus: %s index %s over %d vectors", kind, params, self._count)
 
     def index_type(self) -> str:
-        desc = self._c.describe_index(self.collection, "vector") if self._indexed else {}
+        desc = self._c.describe_index(self.collection, "vector") or {}
         return str(desc.get("index_type", "")) or choose_index(self._count, self.dim, self.requested_index)[0]
 
     def save(self, path: Any = None) -> None:
-        """Flush, build the index and mark the collection complete (``path``, when given, must be the URI)."""
+        """Flush, load and mark the collection complete (``path``, when given, must be the URI)."""
         if path is not None and str(path) != self.uri:
             raise InputError(f"a Milvus gallery is saved in its own URI {self.uri!r}, got {path!r}")
-        self._c.flush(self.collection)
         self._ensure_index()
         self._c.alter_collection_properties(self.collection, properties={"s4g.complete": "1"})
 

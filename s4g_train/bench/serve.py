@@ -3,6 +3,7 @@ and errors vs max batch size, and the service's memory across two equal rounds (
 
 ``s4g-bench serve --max-batch 1 4 16 --concurrency 16 --requests 400``
 ``s4g-bench serve --quick``   (max batch 1 and 8, 60 requests per round)
+``s4g-bench serve --compare-litserve``   (the same load against LitServe, back to back: the framework choice)
 
 Each setting starts its own ``s4g-serve`` process (own local Ray) on 127.0.0.1 over a synthetic gallery,
 sends a warm-up, then two rounds of ``--requests`` requests from ``--concurrency`` client threads (a bounded
@@ -79,13 +80,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args: argparse.Namespace, index: Path, max_batch: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def _start(args: argparse.Namespace, index: Path, max_batch: int, log_path: Path,
+           framework: str = "ray-serve") -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "s4g_engine.serve.cli", "--model", str(args.model), "--index", str(index),
-           "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
-           "--replicas", str(args.replicas), "--device", "cpu", "--max-images", "64"]
+    if framework == "litserve":
+        cmd = [sys.executable, "-m", "s4g_train.bench.serve_litserve", str(args.model), str(index), str(port),
+               str(max_batch), str(args.max_wait_ms)]
+    else:
+        cmd = [sys.executable, "-m", "s4g_engine.serve.cli", "--model", str(args.model), "--index", str(index),
+               "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--replicas", str(args.replicas), "--device", "cpu", "--max-images", "64", "--backend",
+               "onnxruntime", "--precision", "fp32"]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -137,8 +144,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     photos = [_image(rng, 128, 512) for _ in range(32)]
     rows = []
-    for mb in args.max_batch:
-        proc, url = _start(args, index, mb, work / f"serve-{mb}.log")
+    settings = [(fw, mb) for mb in args.max_batch for fw in (["ray-serve", "litserve"] if args.compare_litserve
+                                                              else ["ray-serve"])]
+    for fw, mb in settings:
+        proc, url = _start(args, index, mb, work / f"serve-{fw}-{mb}.log", fw)
         try:
             _round(url, photos, 2 * args.concurrency, args.concurrency, args.images_per_request, args.cap_s)
             rss0 = session_rss_mb(proc.pid)
@@ -149,12 +158,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(120)
-        row = {"max_batch": mb, **r2, "errors": r1["errors"] + r2["errors"], "round1": r1,
+        row = {"framework": fw, "max_batch": mb, **r2, "errors": r1["errors"] + r2["errors"], "round1": r1,
                "rss_mb_after_warmup": rss0, "rss_mb_after_round1": rss1, "rss_mb_after_round2": rss2,
                "rss_growth_round2_mb": rss2 - rss1, "exit_code": rc}
         rows.append(row)
-        log.info("max batch %-3d  p50 %7.1f ms  p99 %7.1f ms  %6.1f req/s  errors %d  RSS %.0f → %.0f MB  exit %d", mb,
-                 row["p50_ms"], row["p99_ms"], row["requests_per_s"], row["errors"], rss1, rss2, rc)
+        log.info("%-9s max batch %-3d  p50 %7.1f ms  p99 %7.1f ms  %6.1f req/s  errors %d  RSS %.0f → %.0f MB  "
+                 "exit %d", fw, mb, row["p50_ms"], row["p99_ms"], row["requests_per_s"], row["errors"], rss1, rss2, rc)
     return {"bench": "serve", "concurrency": args.concurrency, "requests_per_round": args.requests,
             "images_per_request": args.images_per_request, "max_wait_ms": args.max_wait_ms, "replicas": args.replicas,
             "rows": rows, "command": "s4g-bench serve " + " ".join(args.argv)}
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=400, help="requests per round (two rounds per setting)")
     p.add_argument("--images-per-request", type=int, default=1)
     p.add_argument("--cap-s", type=float, default=300.0, help="time cap of one round")
+    p.add_argument("--compare-litserve", action="store_true",
+                   help="also run the same load against a LitServe server of the same Localiser, back to back")
     p.add_argument("--quick", action="store_true", help="smoke run: max batch 1 and 8, 60 requests per round")
     p.add_argument("--out", default="bench_results/serve.json")
     args = p.parse_args(argv)
@@ -184,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     guard.finish(res)
     write_results(Path(args.out), res)
-    print("| max batch | p50 ms | p99 ms | requests/s | errors | RSS MB after round 1 → 2 | exit |")
-    print("|---:|---:|---:|---:|---:|---|---:|")
+    print("| framework | max batch | p50 ms | p99 ms | requests/s | errors | RSS MB after round 1 → 2 | exit |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
     for r in res["rows"]:
-        print(f"| {r['max_batch']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_s']:.1f} | "
-              f"{r['errors']} | "
+        print(f"| {r['framework']} | {r['max_batch']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['requests_per_s']:.1f} | {r['errors']} | "
               f"{r['rss_mb_after_round1']:.0f} → {r['rss_mb_after_round2']:.0f} | {r['exit_code']} |")
     print(f"wrote {args.out}")
     return 0
