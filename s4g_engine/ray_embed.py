@@ -195,7 +195,7 @@ def _run_pool(ray: Any, cfg: RayEmbedConfig, enc: dict[str, Any], man: Manifest,
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc="embed shards", unit="shard")
-        last_save = time.monotonic()
+        last_save = -float("inf")  # the first finished shard is recorded at once, then every manifest_every_s
         try:
             for row in ds.iter_rows():
                 due = time.monotonic() - last_save >= cfg.manifest_every_s
