@@ -64,6 +64,10 @@ def _client(uri: str, timeout: float) -> Any:
     except ImportError as exc:
         raise DependencyError(f"the milvus index backend needs pymilvus ({exc}); install the cluster extra: "
                               "pip install 's4g[cluster]' (Milvus Lite for local .db files comes with it)") from exc
+    if str(uri).endswith(".db"):
+        # Milvus Lite's embedded gRPC server logs a traceback for every RPC it does not implement
+        # (AllocTimestamp, asked by pymilvus and answered by a fallback); the client still gets every real error.
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=str(uri), timeout=timeout)
     except Exception as exc:  # pymilvus raises MilvusException / ConnectionError variants
