@@ -190,9 +190,6 @@ def _export(final: Path, bundle: Path, name: str, command: str) -> tuple[dict[st
 
 def _city(cfg: Config, demo_dir: Path, opts: DemoOptions) -> tuple[Path, bool]:
     """The fresh city: the training world's generator settings with ``opts.seed`` and ``opts.pairs``."""
-    if opts.seed == cfg.data.synth.seed:
-        raise InputError(f"--demo-seed {opts.seed} is the seed of the training world; expected another seed, so "
-                         "that the city is one the model has never seen")
     city_cfg = copy.deepcopy(cfg)
     city_cfg.data.root = str(demo_dir)
     city_cfg.data.synth.seed, city_cfg.data.synth.pairs = opts.seed, opts.pairs
@@ -303,6 +300,9 @@ def run_pipeline(cfg: Config, run_dir: Path, opts: DemoOptions | None = None, co
         raise InputError("s4g-pipeline trains on the synthetic world (data.synthetic: true); expected a synthetic "
                          "config such as --preset synthetic. For real datasets run the stages yourself: s4g-train, "
                          "s4g-export, s4g-index build, s4g-localise")
+    if opts.seed == cfg.data.synth.seed:  # checked before training, not after it
+        raise InputError(f"--demo-seed {opts.seed} is the seed of the training world; expected another seed, so "
+                         "that the city is one the model has never seen")
     run_dir = Path(run_dir)
     demo_dir, state_path = run_dir / "demo", run_dir / "pipeline-state.json"
     stages = _Stages()
