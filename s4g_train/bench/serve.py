@@ -158,6 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(120)
+            try:  # workers the server left behind in its session (LitServe's worker processes survive SIGTERM)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         row = {"framework": fw, "max_batch": mb, **r2, "errors": r1["errors"] + r2["errors"], "round1": r1,
                "rss_mb_after_warmup": rss0, "rss_mb_after_round1": rss1, "rss_mb_after_round2": rss2,
                "rss_growth_round2_mb": rss2 - rss1, "exit_code": rc}
