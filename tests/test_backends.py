@@ -332,3 +332,44 @@ def test_openvino_encoder_is_thread_safe(bundle):
             got = list(pool.map(enc, xs))
             for g, r in zip(got, ref):
                 np.testing.assert_array_equal(g, r)
+
+
+_ALTSTACK_SCRIPT = r"""
+import gc, signal, subprocess, sys, faulthandler, contextlib
+faulthandler.enable()
+import s4g_engine.backends.openvino_encoder as ove
+if sys.argv[2] == "unguarded":
+    ove.keep_sigaltstack = contextlib.nullcontext
+signal.signal(signal.SIGCHLD, lambda *_: None)  # what a torch DataLoader installs: a Python handler, SA_ONSTACK
+a = ove.OpenVinoEncoder(sys.argv[1], compile_now=True)
+b = ove.OpenVinoEncoder(sys.argv[1], compile_now=True)
+del a; gc.collect()
+c = ove.OpenVinoEncoder(sys.argv[1], compile_now=True)
+del b; gc.collect()
+del c; gc.collect()
+subprocess.run([sys.executable, "-c", "pass"], check=True)  # its SIGCHLD needs a valid alternate stack
+print("survived")
+"""
+
+
+@needs_openvino
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="alternate signal stacks are checked on Linux")
+def test_openvino_compilations_freed_out_of_order_leave_a_valid_signal_stack(bundle, tmp_path):
+    """Regression (the full suite died with SIGSEGV, no traceback, in a later subprocess call): OpenVINO's CPU
+    plugin installs its own alternate signal stack on the compiling thread and restores the previous one when the
+    compiled model dies; compiled models freed out of order leave the thread on a freed stack. With
+    keep_sigaltstack() around every OpenVINO call the same sequence survives."""
+    import subprocess
+
+    out, _, _ = bundle
+    onnx = str(out / "aerial.onnx")
+    script = tmp_path / "altstack.py"
+    script.write_text(_ALTSTACK_SCRIPT)
+    guarded = subprocess.run([sys.executable, str(script), onnx, "guarded"], capture_output=True, text=True,
+                             timeout=300)
+    assert guarded.returncode == 0 and "survived" in guarded.stdout, (guarded.returncode, guarded.stderr[-2000:])
+    unguarded = subprocess.run([sys.executable, str(script), onnx, "unguarded"], capture_output=True, text=True,
+                               timeout=300)
+    if unguarded.returncode == 0:
+        pytest.skip("this OpenVINO no longer leaves a dangling alternate signal stack: the guard may be removable")
+    assert unguarded.returncode == -11, (unguarded.returncode, unguarded.stderr[-2000:])

@@ -14,9 +14,13 @@ new size. Thread-safe: one infer request per calling thread and compiled shape.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,51 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_LIBC: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.sigaltstack.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
+    except (OSError, AttributeError):  # pragma: no cover - a libc without sigaltstack
+        _LIBC = None
+
+
+@contextlib.contextmanager
+def keep_sigaltstack() -> Iterator[None]:
+    """Run an OpenVINO call and put the calling thread's alternate signal stack back as it was.
+
+    Why: OpenVINO's CPU plugin (measured with openvino 2026.4 on Linux) installs an alternate signal stack of its
+    own on the thread that compiles a model, remembering the previous one, and puts the remembered one back when
+    that compiled model is destroyed. Destroyed out of order (compile A, compile B, free A, compile C, free B,
+    free C) the thread is left pointing at a freed stack; the next signal delivered with ``SA_ONSTACK`` (every
+    Python-level handler, e.g. the SIGCHLD handler a torch DataLoader installs, then any child process exiting)
+    cannot be delivered and the kernel kills the process with SIGSEGV and no traceback. Restoring the stack right
+    after each call keeps OpenVINO's stack from ever being installed, so its destructor finds a stack that is not
+    its own and leaves it alone (tests/test_backends.py reproduces the crash without this guard).
+    """
+    if _LIBC is None:
+        yield
+        return
+    saved = _StackT()
+    if _LIBC.sigaltstack(None, ctypes.byref(saved)) != 0:  # pragma: no cover - cannot fail with these arguments
+        yield
+        return
+    try:
+        yield
+    finally:
+        current = _StackT()
+        _LIBC.sigaltstack(None, ctypes.byref(current))
+        if (current.ss_sp, current.ss_flags & 2, current.ss_size) != (saved.ss_sp, saved.ss_flags & 2, saved.ss_size):
+            restore = _StackT(saved.ss_sp, saved.ss_flags & 2, saved.ss_size)  # 2 = SS_DISABLE
+            if _LIBC.sigaltstack(ctypes.byref(restore), None) != 0:  # pragma: no cover
+                log.warning("could not restore the thread's alternate signal stack after an OpenVINO call "
+                            "(errno %d)", ctypes.get_errno())
 
 
 def _openvino() -> Any:
@@ -95,7 +144,8 @@ class OpenVinoEncoder:
             if got is None:
                 model = self._model.clone()
                 model.reshape({self.input_name: [key or -1, *self.input_chw]})
-                got = self._core.compile_model(model, "CPU", self.config)
+                with keep_sigaltstack():
+                    got = self._core.compile_model(model, "CPU", self.config)
                 self._compiled[key] = got
         return got
 
@@ -110,6 +160,9 @@ class OpenVinoEncoder:
             requests = self._local.requests = {}
         req = requests.get(id(compiled))
         if req is None:
-            req = requests[id(compiled)] = (compiled.create_infer_request(), compiled.output("embedding"))
+            with keep_sigaltstack():
+                req = requests[id(compiled)] = (compiled.create_infer_request(), compiled.output("embedding"))
         request, out = req
-        return np.array(request.infer({0: x})[out], dtype=np.float32, copy=True)
+        with keep_sigaltstack():
+            result = request.infer({0: x})[out]
+        return np.array(result, dtype=np.float32, copy=True)
