@@ -33,7 +33,8 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,9 @@ def _client(uri: str, timeout: float) -> Any:
         # Milvus Lite's embedded gRPC server logs a traceback for every RPC it does not implement
         # (AllocTimestamp, asked by pymilvus and answered by a fallback); the client still gets every real error.
         logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        # Its server manager logs "server stopped" at INFO from an atexit hook, after logging streams may be
+        # closed (a "--- Logging error ---" traceback at the end of every pytest run that opened a .db).
+        logging.getLogger("milvus_lite.server_manager").setLevel(logging.WARNING)
     try:
         return MilvusClient(uri=str(uri), timeout=timeout)
     except Exception as exc:  # pymilvus raises MilvusException / ConnectionError variants
@@ -130,7 +134,7 @@ class MilvusIndex:
     @classmethod
     def create(cls, uri: str, dim: int, *, fingerprint: str | None, collection: str = DEFAULT_COLLECTION,
                index_type: str = "auto", expected_count: int | None = None, timeout: float = 30.0,
-               overfetch: int = 4) -> "MilvusIndex":
+               overfetch: int = 4) -> MilvusIndex:
         """A new, empty collection (an interrupted build of the same model is replaced; a finished one, or one
         of another model, is refused)."""
         from pymilvus import DataType, MilvusClient
@@ -160,7 +164,7 @@ class MilvusIndex:
 
     @classmethod
     def open(cls, uri: str, *, expected_fingerprint: str | None = None, expected_dim: int | None = None,
-             collection: str = DEFAULT_COLLECTION, timeout: float = 30.0, overfetch: int = 4) -> "MilvusIndex":
+             collection: str = DEFAULT_COLLECTION, timeout: float = 30.0, overfetch: int = 4) -> MilvusIndex:
         """An existing gallery, checked against the model that will query it."""
         c = _client(uri, timeout)
         if not c.has_collection(collection):
