@@ -10,7 +10,7 @@ import pytest
 
 from s4g_train.ablate import PAPER, format_ablation, main, orderings, run_outcome, summarise, table1_k, variants, \
     verdict
-from trainer_util import TINY, tiny_cvusa
+from helpers.training import TINY, tiny_cvusa
 
 
 def test_table2_tiny_over_seeds(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

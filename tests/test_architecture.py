@@ -1,4 +1,5 @@
-"""No import circles inside ``s4g_train`` or ``s4g_engine``.
+"""No import circles inside ``s4g_train`` or ``s4g_engine``; no test module imports another test module (what
+tests share lives in ``tests/conftest.py`` and ``tests/helpers/``).
 
 Every import statement counts — at module level and inside functions (a lazy import that points back is still
 a circle in the design, it only hides from the interpreter) — except those under ``if TYPE_CHECKING:``.
@@ -10,6 +11,7 @@ itself (its ``__init__``); names that are neither a Python module nor defined in
 from __future__ import annotations
 
 import ast
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,56 @@ def test_the_checker_finds_circles(tmp_path: Path) -> None:
     assert graph["pkg.c"] == {"pkg.a"} and graph["pkg.e"] == {"pkg"}
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
     assert _path(graph, ["pkg.a", "pkg.b", "pkg.c"]) == "pkg.a -> pkg.b -> pkg.c -> pkg.a"
+
+
+def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``tree``, at any depth, and in string constants that parse as Python
+    code importing something (scripts handed to a subprocess)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, node.module)] if node.module else []
+            if node.level:  # ``from . import test_x``
+                found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "import" in node.value:
+            try:
+                inner = ast.parse(textwrap.dedent(node.value))
+            except SyntaxError:
+                continue
+            found += [(node.lineno + line - 1, name) for line, name in imported_names(inner)]
+    return found
+
+
+def imports_of_test_modules(tests: Path) -> list[str]:
+    """``file:line imports module`` for every import of a ``test_*`` module by any Python file under ``tests``."""
+    bad = []
+    for p in sorted(tests.rglob("*.py")):
+        for line, name in imported_names(ast.parse(p.read_text(encoding="utf-8"))):
+            if name.split(".")[0].startswith("test_"):
+                bad.append(f"{p.relative_to(tests)}:{line} imports {name}")
+    return bad
+
+
+def test_no_test_module_imports_another() -> None:
+    tests = ROOT / "tests"
+    assert len(list(tests.glob("test_*.py"))) > 20, f"found few test modules under {tests}"
+    bad = imports_of_test_modules(tests)
+    assert not bad, ("test modules import other test modules; move what they share to tests/helpers/ "
+                     "(functions, constants) or tests/conftest.py (fixtures):\n" + "\n".join(bad))
+
+
+def test_the_checker_finds_test_module_imports(tmp_path: Path) -> None:
+    """Module-level, lazy, aliased, relative and subprocess-script imports are found; helpers are not flagged."""
+    b = "test_b"  # f-strings, so that this file's own string constants import no test module
+    _write(tmp_path, {
+        "test_a.py": f"import {b}\nfrom helpers.layouts import make_cvusa\n",
+        "test_c.py": f"def f():\n    from {b} import x as y\n",
+        "test_d.py": f"from . import {b}\nimport os.path as test_e\nfrom pkg import test_f\n",
+        "helpers/run.py": f'SCRIPT = """\nimport sys\nfrom {b} import x\n"""\nTEXT = "not code: import it"\n',
+        "test_b.py": "import helpers.training\n",
+    })
+    assert imports_of_test_modules(tmp_path) == [
+        "helpers/run.py:3 imports test_b", "test_a.py:1 imports test_b", "test_c.py:2 imports test_b",
+        "test_d.py:1 imports test_b"]

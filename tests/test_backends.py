@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from test_export import GROUND, make_tiny_bundle
+from helpers.torch_bundle import GROUND, make_tiny_bundle
 
 from s4g_engine import Localiser
 from s4g_engine.backends import runtime as rt
@@ -275,7 +275,7 @@ def _training_batches(contract, view, n=4, batch=4, seed=40):
 @pytest.mark.parametrize("force", [False, True], ids=["as-exported", "forced-low-accuracy"])
 def test_int8_graph_is_kept_only_when_accurate_and_never_picked_when_not(tmp_path, monkeypatch, force):
     pytest.importorskip("onnxruntime.quantization")
-    from test_export import tiny_model
+    from helpers.torch_bundle import tiny_model
 
     from s4g_train import cpu_int8
     from s4g_train.data import checkpoint_contract

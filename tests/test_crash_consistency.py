@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_bundle import make_onnx_bundle
+from helpers.onnx_bundle import make_onnx_bundle
 from s4g_engine.errors import ModelMismatchError
 from s4g_engine.index import ReferenceIndex
 
@@ -279,7 +279,7 @@ def test_kill_during_checkpoint_save_leaves_a_complete_checkpoint(tmp_path):
 EXPORT_WRITER = """
 import sys
 sys.path.insert(0, "tests")
-from test_export import make_tiny_bundle
+from helpers.torch_bundle import make_tiny_bundle
 out = sys.argv[1]
 for i in range(10**6):
     make_tiny_bundle(__import__("pathlib").Path(out), seed=i)

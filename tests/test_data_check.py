@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layouts import make_cvact, make_cvusa, make_university, make_vigor, write_image
+from helpers.layouts import make_cvact, make_cvusa, make_university, make_vigor, write_image
 from s4g_engine.datasets.check import check_dataset, main
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layouts import make_university, make_vigor
+from helpers.layouts import make_university, make_vigor
 from s4g_engine.datasets import MalformedRowError, PathEscapeError, SplitFileNotFoundError, load_split
 from s4g_engine.datasets.vigor import offsets_from_delta, parse_pano_name, pixel_delta
 from s4g_engine.geo import haversine_m, offset_latlon

@@ -22,9 +22,9 @@ if not torch.distributed.is_available():
 
 from s4g_train.losses import LOSSES  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import ddp_worker  # noqa: E402
+from helpers import ddp_worker  # noqa: E402
+
+WORKER = Path(ddp_worker.__file__).resolve()  # also run as a script, by torchrun
 
 
 def _torchrun_two_ranks(tmp_path: Path, device: str) -> dict[str, np.ndarray]:
@@ -36,7 +36,7 @@ def _torchrun_two_ranks(tmp_path: Path, device: str) -> dict[str, np.ndarray]:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even where a GPU exists
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_worker.py"), "--out", str(out), "--device", device]
+           str(WORKER), "--out", str(out), "--device", device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert out.is_file(), "rank 0 wrote no result file"

@@ -15,7 +15,7 @@ from s4g_train.checkpoint import load_checkpoint
 from s4g_train.config import build_config
 from s4g_train.ema import WeightEMA, restore_ema, warmup_decay
 from s4g_train.trainer import main
-from trainer_util import assert_same_state, read_jsonl, tiny_args, tiny_cvusa
+from helpers.training import assert_same_state, read_jsonl, tiny_args, tiny_cvusa
 
 
 class Tiny(torch.nn.Module):

@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("torch")
 
 from s4g_engine.cli import index_main, localise_main  # noqa: E402
-from test_export import make_tiny_bundle  # noqa: E402
+from helpers.torch_bundle import make_tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from s4g_train.checkpoint import load_checkpoint
 from s4g_train.config import build_config, selection
 from s4g_train.trainer import main
 from s4g_train.valsplit import VAL_SPLIT_NAME, carve_validation
-from trainer_util import read_jsonl, tiny_args, tiny_cvusa
+from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 
 
 def _shared_tile_split(seed: int) -> CrossViewSplit:

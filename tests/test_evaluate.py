@@ -15,7 +15,7 @@ from s4g_train.checkpoint import load_model, model_payload, save_checkpoint
 from s4g_train.config import build_config
 from s4g_train.evaluate import evaluate_split, format_table, main, subset_split
 from s4g_train.model import ModelConfig, S4GModel
-from trainer_util import tiny_cvusa
+from helpers.training import tiny_cvusa
 
 
 def plain_metrics(q: np.ndarray, r: np.ndarray, pos: np.ndarray) -> dict[str, float]:
@@ -139,7 +139,7 @@ def plain_vigor(q: np.ndarray, r: np.ndarray, split) -> dict[str, float]:  # typ
 def test_s4g_eval_on_vigor_layout(tmp_path: Path, capsys, variant: str) -> None:  # type: ignore[no-untyped-def]
     """Real-VIGOR layout (no meta.json: 0.114 m/px): R@k, hit rate and metre errors of s4g-eval equal the
     full-matrix reference, for same-area and cross-area, and the printed table shows them."""
-    from layouts import make_vigor
+    from helpers.layouts import make_vigor
 
     data = make_vigor(tmp_path / "VIGOR", grid=4, panos_per_city=6)
     cfg = build_config("vigor-same", overrides=[("data.root", str(data)), ("model.backbone", "test_convnext"),

@@ -1,7 +1,7 @@
 """s4g-export: ONNX graphs reproduce the eager model, config.json is a complete data contract, writes are atomic.
 
-``make_tiny_bundle`` is also used by the engine tests (test_localiser, test_index, test_engine_cli,
-test_torch_free): a timm ``test_convnext`` (64-d) model exported once per module.
+The tiny model and its bundle (a timm ``test_convnext``, 64-d) come from :mod:`helpers.torch_bundle`, which the
+engine tests share.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,27 +17,10 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers.torch_bundle import AERIAL, GROUND, make_tiny_bundle, tiny_model  # noqa: E402
 from s4g_train.export import (ExportError, bundle_fingerprint, export_bundle, main,  # noqa: E402
                               parity)
 from s4g_engine.preprocess import DataContract  # noqa: E402
-from s4g_train.model import ModelConfig, S4GModel  # noqa: E402
-
-GROUND = (32, 96)
-AERIAL = (48, 48)
-
-
-def tiny_model(seed: int = 0, polar: bool = False) -> S4GModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="test_convnext", ground_size=GROUND, aerial_size=(32, 96) if polar else AERIAL,
-                      polar_aerial=polar)
-    return S4GModel(cfg).eval()
-
-
-def make_tiny_bundle(out: Path, *, seed: int = 0, **kw) -> tuple[S4GModel, dict]:
-    """Export a random-init test_convnext model to ``out`` (a few seconds); returns (model, config)."""
-    model = tiny_model(seed, polar=kw.pop("polar", False))
-    cfg = export_bundle(model, out, provenance={"dataset": {"dataset": "test"}}, **kw)
-    return model, cfg
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from onnx_bundle import make_onnx_bundle
+from helpers.onnx_bundle import make_onnx_bundle
 from s4g_engine.errors import S4GError
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -243,7 +243,7 @@ def test_coords_csv(head, body, encoding):
 @FUZZ_FEW
 @given(split=st.binary(max_size=200) | CSV_TEXT.map(str.encode), gps=st.binary(max_size=120) | CSV_TEXT.map(str.encode))
 def test_cvusa_split_files(tmp_path_factory, split, gps):
-    from layouts import make_cvusa
+    from helpers.layouts import make_cvusa
 
     from s4g_engine.datasets import load_split
 

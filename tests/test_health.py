@@ -11,7 +11,7 @@ import pytest
 
 from s4g_train.config import build_config
 from s4g_train.health import EXIT_COLLAPSED, CollapseCriteria, CollapseMonitor, TrainingCollapsed, advice_for
-from trainer_util import read_jsonl, tiny_args, tiny_cvusa
+from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 
 B = 32
 LN_B = math.log(B)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hostile_cases_data  # noqa: F401  (registers its cases)
-from hostile_cases import CASES, Case
-from onnx_bundle import make_onnx_bundle
+import helpers.hostile_cases_data  # noqa: F401  (registers its cases)
+from helpers.hostile_cases import CASES, Case
+from helpers.onnx_bundle import make_onnx_bundle
 from s4g_engine.cli import index_main, localise_main
 from s4g_engine.errors import S4GError
 
@@ -123,7 +123,7 @@ def _cli_bad_bundle(ctx):
 
 def _cli_demo_dir_is_a_dataset(ctx):
     pytest.importorskip("s4g_synth")
-    from layouts import make_cvusa
+    from helpers.layouts import make_cvusa
 
     data = make_cvusa(ctx.tmp / "mydata", n_train=2, n_test=2)
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}

@@ -20,7 +20,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from s4g_engine import Localiser, LocaliseResult  # noqa: E402
-from test_export import AERIAL, GROUND, make_tiny_bundle  # noqa: E402
+from helpers.torch_bundle import AERIAL, GROUND, make_tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (pip install 's4g[cluster]')")
 pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 's4g[cluster]')")
 
-from gallery_util import MODEL, make_gallery  # noqa: E402
+from helpers.gallery import MODEL, make_gallery  # noqa: E402
 
 from s4g_engine.cli import index_main  # noqa: E402
 from s4g_engine.errors import CorruptFileError, StateError  # noqa: E402

@@ -12,8 +12,8 @@ import timm
 import torch
 from torch import nn
 
-from layouts import make_cvusa
-from trainer_util import tiny_args, tiny_cvusa
+from helpers.layouts import make_cvusa
+from helpers.training import tiny_args, tiny_cvusa
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,7 @@ from s4g_train.checkpoint import load_checkpoint, save_checkpoint
 from s4g_train.config import SamplingConfig
 from s4g_train.schedule import gps_table
 from s4g_train.trainer import main
-from trainer_util import assert_same_state, epoch_records, tiny_args, tiny_cvusa
+from helpers.training import assert_same_state, epoch_records, tiny_args, tiny_cvusa
 
 TESTS = Path(__file__).resolve().parent
 # DSS from epoch 1 and refreshed every epoch: the batch schedule's state (mined lists) must survive the restart

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 's4g[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 's4g[test]')")
 
-from gallery_util import MODEL  # noqa: E402
-from serve_util import MAX_IMAGES, shared_server  # noqa: E402
+from helpers.gallery import MODEL  # noqa: E402
+from helpers.server import MAX_IMAGES, shared_server  # noqa: E402
 
 from s4g_engine.localiser import Localiser  # noqa: E402
 

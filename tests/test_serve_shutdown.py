@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 's4g[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 's4g[test]')")
 
-from gallery_util import smooth_image  # noqa: E402
-from serve_util import shared_server  # noqa: E402
+from helpers.gallery import smooth_image  # noqa: E402
+from helpers.server import shared_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 's4g[cluster]')")
 
-from gallery_util import make_gallery  # noqa: E402
+from helpers.gallery import make_gallery  # noqa: E402
 
 from s4g_engine.errors import CorruptFileError, InputError, MissingFileError  # noqa: E402
 from s4g_engine.shards import Manifest, plan_shards, read_shard, read_tile_list, write_shard  # noqa: E402

@@ -18,7 +18,7 @@ def test_clear_errors_without_tensorrt(tmp_path):
     from s4g_engine import Localiser
     from s4g_train.export import main
     from s4g_train.tensorrt_build import NOT_INSTALLED, require_tensorrt
-    from test_export import make_tiny_bundle
+    from helpers.torch_bundle import make_tiny_bundle
 
     with pytest.raises(RuntimeError, match="pip install tensorrt"):
         require_tensorrt()
@@ -36,7 +36,7 @@ def test_clear_errors_without_tensorrt(tmp_path):
 def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     pytest.importorskip("torch")
     from s4g_engine import Localiser
-    from test_export import make_tiny_bundle
+    from helpers.torch_bundle import make_tiny_bundle
 
     make_tiny_bundle(tmp_path / "b", tensorrt={"max_batch": 8})
     rng = np.random.default_rng(0)

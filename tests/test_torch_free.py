@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")  # only to export the bundle in this (parent) process
 
-from test_export import make_tiny_bundle  # noqa: E402
+from helpers.torch_bundle import make_tiny_bundle  # noqa: E402
 
 SCRIPT = textwrap.dedent("""
     import json, sys, tempfile, os

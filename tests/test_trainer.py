@@ -17,7 +17,7 @@ from s4g_train.checkpoint import load_checkpoint, load_model
 from s4g_train.device import cpu_has_native_bf16, pick_amp
 from s4g_train.lr import CosineWarmup
 from s4g_train.trainer import main
-from trainer_util import assert_same_state, epoch_records, read_jsonl, tiny_args, tiny_cvusa
+from helpers.training import assert_same_state, epoch_records, read_jsonl, tiny_args, tiny_cvusa
 
 TESTS = Path(__file__).resolve().parent
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_util import read_jsonl
+from helpers.training import read_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

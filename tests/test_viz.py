@@ -280,7 +280,7 @@ def test_cli_pair_and_topk(tmp_path, ckpt, pair_files):
 
 
 def test_cli_gallery_on_a_cvusa_layout(tmp_path, ckpt):
-    from layouts import make_cvusa
+    from helpers.layouts import make_cvusa
 
     p, _ = ckpt
     root = make_cvusa(tmp_path / "cvusa", n_train=2, n_test=6, scale=8.0)

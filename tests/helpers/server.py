@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from gallery_util import MODEL, make_gallery, make_queries
+from helpers.gallery import MODEL, make_gallery, make_queries
 
 #: Limits of the test server (environment of s4g_engine.limits): small, so that tests can exceed them cheaply.
 LIMITS = {"S4G_LIMIT_MAX_IMAGE_PIXELS": "1000000", "S4G_LIMIT_MAX_REQUEST_BYTES": "4000000"}

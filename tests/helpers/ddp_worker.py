@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository (when run as a script)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository (when run as a script)
 
 from s4g_train import dist  # noqa: E402
 from s4g_train.losses import LOSSES, make_loss  # noqa: E402

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from onnx_bundle import onnx_model_bytes, relist, write_config
+from helpers.onnx_bundle import onnx_model_bytes, relist, write_config
 from s4g_engine import errors as E
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from layouts import make_cvusa
+from helpers.layouts import make_cvusa
 from s4g_train.checkpoint import load_checkpoint
 
 TINY = [

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hostile_cases import case, jpeg_bytes, png_declaring
+from helpers.hostile_cases import case, jpeg_bytes, png_declaring
 from s4g_engine import errors as E
 from s4g_engine.datasets import _io as dio
 
@@ -259,7 +259,7 @@ def _(ctx): _csv(ctx, "image,lat,lon\n\n")
 
 # ------------------------------------------------------------------------------------------- datasets
 def _cvusa(ctx: Any) -> Path:
-    from layouts import make_cvusa
+    from helpers.layouts import make_cvusa
     return make_cvusa(ctx.tmp / "CVUSA", n_train=3, n_test=2)
 
 
@@ -328,7 +328,7 @@ def _(ctx):
 
 @case("vigor-meta-json-bad", E.FormatError, "metres_per_pixel", "positive number")
 def _(ctx):
-    from layouts import make_vigor
+    from helpers.layouts import make_vigor
     from s4g_engine.datasets import load_split
     root = make_vigor(ctx.tmp / "VIGOR", grid=3, panos_per_city=2)
     (root / "meta.json").write_text('{"metres_per_pixel": "wide"}')
@@ -344,7 +344,7 @@ def _(ctx):
 
 @case("university-class-folder-not-number", E.FormatError, "is not a number", "zero-padded integers")
 def _(ctx):
-    from layouts import make_university
+    from helpers.layouts import make_university
     from s4g_engine.datasets import load_split
     root = make_university(ctx.tmp / "U", n_train_classes=2, n_test_classes=2, drones_per_class=1)
     (root / "test" / "query_drone" / "abc").mkdir()
