@@ -11,7 +11,7 @@ import sys
 
 __all__ = ["setup_logging", "progress_disabled"]
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATEFMT = "%H:%M:%S"
 
 
@@ -27,7 +27,7 @@ def setup_logging(verbose: bool | int = False, *, quiet: bool = False, rank: int
         level = logging.WARNING
     else:
         level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s" if plain else FORMAT, datefmt=DATEFMT,
+    logging.basicConfig(level=level, format="%(message)s" if plain else LOG_FORMAT, datefmt=DATEFMT,
                         stream=sys.stderr, force=True)
 
 

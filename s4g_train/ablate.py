@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from s4g_engine.console import cli_main
+from s4g_engine.logs import setup_logging
 from s4g_train.config import build_config, split_cli_overrides
 from s4g_train.evaluate import write_json
 from s4g_train.parsers import ablate_parser
@@ -245,8 +246,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 @cli_main("s4g-ablate")  # user errors: one line + exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     args, shared = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()
     base = build_config(args.preset, args.config, shared)  # validates the shared overrides once, up front
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

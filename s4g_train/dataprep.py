@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from s4g_engine.fileio import atomic_write_text
+from s4g_engine.fileio import atomic_write_text, publish_folder
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,8 @@ def synth_dir(cfg: Any) -> Path:
 def ensure_synthetic(cfg: Any) -> Path:
     """Generate the synthetic world once or reuse it.
 
-    The world is a folder, so it is written into a temporary sibling folder and renamed into place when
-    complete (``s4g_engine.fileio`` makes single files atomic; a folder needs this rename of its own).
+    The world is a folder, so it is written into a temporary sibling folder that becomes ``out`` when complete
+    (:func:`s4g_engine.fileio.publish_folder`: a crash leaves either no world or a complete one).
     """
     from s4g_synth import generate_dataset
 
@@ -51,10 +50,7 @@ def ensure_synthetic(cfg: Any) -> Path:
         generate_dataset(s.layout, tmp, pairs=s.pairs, seed=s.seed, **s.options)
         atomic_write_text(tmp / ".s4g-complete", json.dumps({"pairs": s.pairs, "seed": s.seed,
                                                               "seconds": time.perf_counter() - t0}))
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a dataset folder is an ordinary shared folder
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_folder(tmp, out)  # one atomic step; also gives the folder ordinary permissions (mkdtemp: 0700)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

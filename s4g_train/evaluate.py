@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from s4g_engine.console import cli_main
+from s4g_engine.fileio import atomic_write_text, atomic_write_with
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
 from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
@@ -184,19 +184,13 @@ def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] = ("R@1"
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, p)
+    """Write ``obj`` as indented JSON to ``path``, atomically (parent folders are created)."""
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
-def save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+def save_npy(path: str | os.PathLike[str], arr: np.ndarray) -> None:
+    """Write ``arr`` as ``.npy`` (no pickle) to ``path``, atomically."""
+    atomic_write_with(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 @cli_main("s4g-eval")  # user errors: one line + exit 2 (--debug: traceback)

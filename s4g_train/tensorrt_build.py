@@ -17,12 +17,12 @@ matches the machine it runs on, else falls back to ONNX Runtime.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from s4g_engine.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch: int, shape:
             return cache_file.read_bytes() if cache_file.is_file() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            cache_file.write_bytes(bytes(cache))
+            atomic_write_bytes(cache_file, bytes(cache))
 
     return Calibrator()
 
@@ -133,11 +133,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: tuple[int, 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{engine_path.name}.", suffix=".tmp", dir=engine_path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(serialized))
-    os.replace(tmp, engine_path)
+    atomic_write_bytes(engine_path, bytes(serialized))
     log.info("TensorRT engine %s (fp16=%s int8=%s, batch 1…%d)", engine_path, fp16, int8, max_batch)
     return engine_path
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from s4g_engine.console import cli_main
+from s4g_engine.fileio import atomic_write_with
 
 SUBCOMMANDS: dict[str, str] = {
     "kernels": "compiled core vs cv2.remap / faiss / torch / NumPy (polar, top-k, positive ranks)",
@@ -25,13 +26,15 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def save_chart(fig: Any, path: Path) -> None:
-    """Write a matplotlib figure as PNG (parent folders created) and close it; shared by the benchmarks."""
+    """Write a matplotlib figure as PNG atomically (parent folders created) and close it; shared by the
+    benchmarks."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write_with(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _usage() -> str:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from s4g_engine.logs import setup_logging
 from s4g_train.bench import save_chart
 from s4g_train.bench.hygiene import RunGuard, write_results
 
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else []
     if args.quick:
         args.batch, args.min_time = min(args.batch, 8), 0.5
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     guard = RunGuard.start(args.threads)
     res = run(args)
     guard.finish(res)

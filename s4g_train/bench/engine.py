@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.logs import setup_logging
 from s4g_train.bench import save_chart
 from s4g_train.bench.encoder import machine_info, timeit
 from s4g_train.bench.hygiene import RunGuard, write_results
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else []
     if args.quick:
         args.images, args.min_time = 64, 0.5
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     guard = RunGuard.start(args.threads)
     res = run(args)
     guard.finish(res)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 import s4g_engine
+from s4g_engine.logs import setup_logging
 from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench_results/kernels.json"))
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     only = set(SECTIONS) if args.only == "all" else {s.strip() for s in args.only.split(",") if s.strip()}
     if not only <= set(SECTIONS) or args.repeat < 1:
         ap.error(f"--only takes {','.join(SECTIONS)} or all; --repeat must be >= 1")

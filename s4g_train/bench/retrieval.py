@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.logs import setup_logging
 from s4g_train.bench import save_chart
 from s4g_train.bench.encoder import machine_info
 from s4g_train.bench.hygiene import RunGuard, write_results
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if "exact" not in args.backends:
         args.backends = ["exact", *args.backends]  # the baseline
     args.backends = ["exact", *[b for b in args.backends if b != "exact"]]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     guard = RunGuard.start(args.threads)
     res = run(args)
     guard.finish(res)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.logs import setup_logging
 from s4g_train.bench.hygiene import RunGuard, write_results
 from s4g_train.bench.retrieval import clustered
 
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.dims, args.queries, args.repeats, args.milvus_max = [20_000, 100_000], [256], 100, 2, 20_000
     args.backends = ["exact", *[b for b in args.backends if b != "exact"]]  # the baseline first
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     guard = RunGuard.start(args.threads)
     res = run(args)
     guard.finish(res)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.logs import setup_logging
 from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else []
     if args.quick:
         args.max_batch, args.requests, args.concurrency, args.tiles = [1, 8], 60, 8, 100
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     guard = RunGuard.start(os.cpu_count())
     res = run(args)

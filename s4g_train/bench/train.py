@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from s4g_engine.fileio import atomic_write_text
+from s4g_engine.logs import setup_logging
 from s4g_train.bench.hygiene import RunGuard, write_results
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args.set = [x for kv in args.set for x in ("--set", kv)]
     if args.quick:
         args.steps, args.warmup = 4, 1
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     guard = RunGuard.start(args.threads or os.cpu_count())
     res = run(args)
     guard.finish(res)
