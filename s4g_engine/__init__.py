@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from s4g_engine.kernels import (
-    build_info,
-    get_num_threads,
-    inverse_polar,
-    polar_transform,
-    positive_ranks,
-    set_num_threads,
-    topk_similarity,
-)
+# Re-exported (the redundant aliases mark them as public for linters and type checkers).
+from s4g_engine.kernels import build_info as build_info
+from s4g_engine.kernels import get_num_threads as get_num_threads
+from s4g_engine.kernels import inverse_polar as inverse_polar
+from s4g_engine.kernels import polar_transform as polar_transform
+from s4g_engine.kernels import positive_ranks as positive_ranks
+from s4g_engine.kernels import set_num_threads as set_num_threads
+from s4g_engine.kernels import topk_similarity as topk_similarity
 
 if TYPE_CHECKING:  # pragma: no cover
     from s4g_engine.localiser import Localiser, LocaliseResult

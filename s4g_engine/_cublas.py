@@ -33,7 +33,8 @@ def candidates() -> list[str]:
     for base in sys.path:
         for pattern in ("nvidia/*/lib/libcublas.so*", "nvidia/cublas/lib/libcublas.so*"):
             out += sorted(glob.glob(os.path.join(base, pattern)), reverse=True)
-    roots = [os.environ.get(v) for v in ("CUDA_HOME", "CUDA_PATH")] + sorted(glob.glob("/usr/local/cuda*"), reverse=True)
+    roots = [os.environ.get(v) for v in ("CUDA_HOME", "CUDA_PATH")] \
+        + sorted(glob.glob("/usr/local/cuda*"), reverse=True)
     for root in roots:
         if root:
             out += sorted(glob.glob(os.path.join(root, "lib64", "libcublas.so*")), reverse=True)

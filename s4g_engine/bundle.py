@@ -55,7 +55,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def model_fingerprint(embed_dim: int, fp32_sha256: list[str] | tuple[str, ...]) -> str:
     """The model identity an index is tied to: sha256 over the embedding size and the sha256 of the fp32
     graphs of the views (ground, aerial) — what the model computes, not a name."""
-    return hashlib.sha256(("s4g|%d|" % int(embed_dim) + "|".join(fp32_sha256)).encode()).hexdigest()
+    return hashlib.sha256((f"s4g|{int(embed_dim)}|" + "|".join(fp32_sha256)).encode()).hexdigest()
 
 
 def config_fingerprint(cfg: Mapping[str, Any]) -> str:
@@ -243,7 +243,7 @@ def _check_encoder_io(enc: Any, view: str, path: Path, spec: Any, embed_dim: int
     h, w = spec.input_size
     got_in = _static_dims(session.get_inputs()[0].shape)
     want_in = [None, 3, h, w]
-    if len(got_in) != 4 or any(g is not None and g != e for g, e in zip(got_in, want_in)):
+    if len(got_in) != 4 or any(g is not None and g != e for g, e in zip(got_in, want_in, strict=True)):
         raise FormatError(f"{path}: the {view} graph takes input {session.get_inputs()[0].shape}, but config.json's "
                           f"data contract says (batch, 3, {h}, {w}); the bundle is inconsistent — {_REEXPORT}")
     outs = {o.name: _static_dims(o.shape) for o in session.get_outputs()}

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -92,7 +93,8 @@ class OrtEncoder:
         self.output_name = "embedding"
         outs = [o.name for o in self.session.get_outputs()]
         if self.output_name not in outs:
-            raise ValueError(f"{self.path}: expected an output named 'embedding', found {outs}; re-export with s4g-export")
+            raise ValueError(f"{self.path}: expected an output named 'embedding', found {outs}; "
+                             "re-export with s4g-export")
         log.info("encoder %s on %s", self.path.name, self.providers)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -16,19 +16,18 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import CorruptFileError, FileAccessError, InputError, LimitError, MissingFileError, \
-    NotAFileError
+from s4g_engine.errors import CorruptFileError, FileAccessError, InputError, LimitError, MissingFileError, NotAFileError
 from s4g_engine.limits import check_bytes, check_pixels
 
 __all__ = ["open_image", "check_image_path", "check_array_layout", "describe_source", "BYTES_TYPES", "ImageSource"]
 
 #: Encoded image bytes (a JPEG/PNG/... file's content).
 BYTES_TYPES = (bytes, bytearray, memoryview)
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview
 
 
 def describe_source(source: Any) -> str:

@@ -24,7 +24,8 @@ import logging
 import math
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -324,7 +325,7 @@ class ReferenceIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, expected_fingerprint: str | None = None,
-             expected_dim: int | None = None, use_gpu: bool = True) -> "ReferenceIndex":
+             expected_dim: int | None = None, use_gpu: bool = True) -> ReferenceIndex:
         """Read an index written by :meth:`save`, checking everything in it (:func:`index_file.read_index`).
 
         Raises :class:`MissingFileError`, :class:`FormatError` (not an index), :class:`CorruptFileError`
@@ -333,7 +334,8 @@ class ReferenceIndex:
         for module in PLUGIN_BACKENDS.values():  # e.g. a Milvus server URI or a Milvus Lite .db file
             plugin = importlib.import_module(module)
             if plugin.is_gallery_uri(path):
-                return plugin.open_index(str(path), expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)
+                return plugin.open_index(str(path), expected_fingerprint=expected_fingerprint,
+                                         expected_dim=expected_dim)
         meta, arrays, faiss_index = read_index(path, expected_fingerprint=expected_fingerprint,
                                                expected_dim=expected_dim)
         params = dict(meta["params"])

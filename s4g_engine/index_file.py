@@ -23,8 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import (CorruptFileError, DependencyError, FileAccessError, FormatError, MissingFileError,
-                               ModelMismatchError, NotAFileError, S4GError)
+from s4g_engine.errors import (
+    CorruptFileError,
+    DependencyError,
+    FileAccessError,
+    FormatError,
+    MissingFileError,
+    ModelMismatchError,
+    NotAFileError,
+    S4GError,
+)
 from s4g_engine.fileio import atomic_write_with
 
 __all__ = ["FORMAT", "VERSION", "write_index", "read_index", "import_faiss"]

@@ -64,7 +64,7 @@ class Limits:
                 raise InputError(f"Limits.{f.name}: expected a positive integer, got {v!r}")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Limits":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Limits:
         """Defaults overridden by ``S4G_LIMIT_<FIELD>`` variables (e.g. ``S4G_LIMIT_MAX_K=50000``)."""
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}

@@ -17,16 +17,25 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 # Bundle reading and validation live in s4g_engine.bundle; the names stay importable from here.
-from s4g_engine.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, VIEWS, config_fingerprint,  # noqa: F401
-                               open_view_encoder, read_bundle_config, sha256_file, validate_config,
-                               view_model_files)
+from s4g_engine.bundle import (  # noqa: F401
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    VIEWS,
+    config_fingerprint,
+    open_view_encoder,
+    read_bundle_config,
+    sha256_file,
+    validate_config,
+    view_model_files,
+)
 from s4g_engine.encoders import Encoder
 from s4g_engine.errors import InputError, MissingFileError, StateError
 from s4g_engine.index import ReferenceIndex, check_ids
@@ -171,7 +180,8 @@ class Localiser:
         if isinstance(vfiles.get("int8"), str):
             graphs["int8"] = self._listed_graph(view, vfiles["int8"])
         prebuilt: dict[Any, Any] = {}
-        if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32") and "onnxruntime" in installed_runtimes():
+        if backend in ("auto", "onnxruntime") and precision in ("auto", "fp32") \
+                and "onnxruntime" in installed_runtimes():
             # The float32 ONNX Runtime session is the reference path: built (and its failures reported) as always.
             prebuilt[Candidate("onnxruntime", "fp32", "fp32")] = open_view_encoder(
                 self.root, view, [graphs["fp32"]], spec, self.embed_dim, backend="onnxruntime", device="cpu",
@@ -222,7 +232,7 @@ class Localiser:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], *, device: str = "auto", backend: str = "auto",
-                 **kwargs: Any) -> "Localiser":
+                 **kwargs: Any) -> Localiser:
         """Load a bundle folder (verifying its files). ``device``: auto|cpu|cuda|tensorrt; ``backend``:
         auto|onnxruntime|tensorrt; kwargs: precision, batch_size, threads, decode_threads, index_backend."""
         cfg = read_bundle_config(path, verify=True)
@@ -238,7 +248,7 @@ class Localiser:
             raise StateError("this Localiser was closed (close() or the end of its `with` block); expected an open "
                              "one: create a new Localiser with Localiser.from_dir(...)")
 
-    def __enter__(self) -> "Localiser":
+    def __enter__(self) -> Localiser:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -28,24 +28,24 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence, Union
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from s4g_engine.errors import CorruptFileError, FormatError, InputError, InputTypeError, S4GError
-from s4g_engine.imagecheck import (BYTES_TYPES, check_array_layout, check_image_path, describe_source,
-                                   open_image)
+from s4g_engine.imagecheck import BYTES_TYPES, check_array_layout, check_image_path, describe_source, open_image
 from s4g_engine.limits import check_bytes, check_pixels
 
 log = logging.getLogger(__name__)
 
 #: What the engine accepts as one image.
-ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 #: Resize filters a contract may name (Pillow's).
 INTERPOLATIONS = {
@@ -217,7 +217,7 @@ class ViewSpec:
                 "polar": polar, "jpeg_draft": self.jpeg_draft}
 
     @classmethod
-    def from_config(cls, name: str, d: Mapping[str, Any]) -> "ViewSpec":
+    def from_config(cls, name: str, d: Mapping[str, Any]) -> ViewSpec:
         """Read the ``views[name]`` entry of ``config.json``; missing optional fields take the values every
         bundle had before they were recorded (bilinear, RGB, NCHW, JPEG draft on, source = 2·H)."""
         if not isinstance(d, Mapping):
@@ -254,7 +254,7 @@ class DataContract:
     @classmethod
     def build(cls, *, ground_size: Sequence[int], aerial_size: Sequence[int], mean: Sequence[float],
               std: Sequence[float], interpolation: str = "bilinear", polar_aerial: bool = False,
-              jpeg_draft: bool = True) -> "DataContract":
+              jpeg_draft: bool = True) -> DataContract:
         """The contract of a model: per-view input sizes, the backbone's mean/std, one interpolation."""
         common = {"mean": mean, "std": std, "interpolation": interpolation, "jpeg_draft": jpeg_draft}
         return cls(ViewSpec("ground", ground_size, **common),  # type: ignore[arg-type]
@@ -265,7 +265,7 @@ class DataContract:
         return {v: self[v].to_config() for v in self.VIEWS}
 
     @classmethod
-    def from_config(cls, views: Mapping[str, Any]) -> "DataContract":
+    def from_config(cls, views: Mapping[str, Any]) -> DataContract:
         """Read config.json's ``views`` (extra per-view keys such as ``files`` are ignored)."""
         if not isinstance(views, Mapping) or any(v not in views for v in cls.VIEWS):
             got = sorted(views) if isinstance(views, Mapping) else type(views).__name__

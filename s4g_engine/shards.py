@@ -21,14 +21,14 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import (CorruptFileError, DependencyError, FormatError, InputError, MissingFileError,
-                               StateError)
+from s4g_engine.errors import CorruptFileError, DependencyError, FormatError, InputError, MissingFileError, StateError
 from s4g_engine.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _read_parquet_list(path: Path, images_dir: Path) -> tuple[list[str], np.ndar
 def tile_list_digest(paths: Sequence[str], coords: np.ndarray, ids: Sequence[str]) -> str:
     """sha256 over the tile list's content (paths, coordinate bits, ids): part of a job's identity."""
     h = hashlib.sha256()
-    for p, i in zip(paths, ids):
+    for p, i in zip(paths, ids, strict=True):
         h.update(p.encode("utf-8", "surrogatepass") + b"\0" + i.encode("utf-8", "surrogatepass") + b"\0")
     h.update(np.ascontiguousarray(coords, dtype=np.float64).tobytes())
     return h.hexdigest()
@@ -184,7 +184,7 @@ class Manifest:
     shards: dict[int, dict[str, Any]]
 
     @classmethod
-    def open(cls, folder: str | Path, job: dict[str, Any]) -> "Manifest":
+    def open(cls, folder: str | Path, job: dict[str, Any]) -> Manifest:
         """The folder's manifest for ``job`` (a new one when there is none); a manifest of another job is
         refused rather than mixed with this one."""
         folder = Path(folder)
@@ -203,7 +203,7 @@ class Manifest:
         return old
 
     @classmethod
-    def read(cls, folder: str | Path) -> "Manifest":
+    def read(cls, folder: str | Path) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():

@@ -72,7 +72,8 @@ def sample_conditions(rng: np.random.Generator, *, strength: float = 1.0) -> Con
     )
 
 
-def pano_distances(max_m: float = 160.0, near_m: float = 0.25, step_m: float = 0.25, growth: float = 0.01) -> np.ndarray:
+def pano_distances(max_m: float = 160.0, near_m: float = 0.25, step_m: float = 0.25,
+                   growth: float = 0.01) -> np.ndarray:
     """Sample distances for the panorama march: ``step_m`` apart near the camera, growing by ``growth``
     of the distance further out. float64 (K,)."""
     out, d = [], near_m

@@ -15,8 +15,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from .landuse import LandUseMixin, _jitter
-from .world import (ASPHALT, BASE_COLOUR, BUILDING, CAR, DIRT, GRASS, MARK_WHITE, MARK_YELLOW, PAVING, ROOFTOP,
-                    SIDEWALK, TREE, WATER, Canvas, World, value_noise)
+from .world import (
+    ASPHALT,
+    BASE_COLOUR,
+    BUILDING,
+    CAR,
+    DIRT,
+    GRASS,
+    MARK_WHITE,
+    MARK_YELLOW,
+    PAVING,
+    ROOFTOP,
+    SIDEWALK,
+    TREE,
+    WATER,
+    Canvas,
+    World,
+    value_noise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +132,15 @@ class CityBuilder(LandUseMixin):
         hw = rng.uniform(9, 22)
         s = np.arange(-0.8 * c.n * c.res, 0.8 * c.n * c.res, 6.0)
         pts = s[:, None] * direction + (off + amp * np.sin(2 * math.pi * s / lam + ph))[:, None] * perp
-        for a, b in zip(pts[:-1], pts[1:]):
+        for a, b in zip(pts[:-1], pts[1:], strict=True):
             loc = _seg_local(c, a, b, hw + 4)
             if loc is None:
                 continue
             sl, t, d, L = loc
             inside = (t >= -3) & (t <= L + 3)
             c.paint(sl, inside & (np.abs(d) < hw + 3) & (c.material[sl] != WATER), PAVING, (190, 178, 140))
-            c.paint(sl, inside & (np.abs(d) < hw), WATER, np.float32(BASE_COLOUR[WATER]) * (1 + 0.05 * self.tex[sl][..., None]))
+            c.paint(sl, inside & (np.abs(d) < hw), WATER,
+                    np.float32(BASE_COLOUR[WATER]) * (1 + 0.05 * self.tex[sl][..., None]))
 
     # ---- streets ------------------------------------------------------------------------------
     def streets(self) -> list[tuple[list, list]]:
@@ -158,7 +175,7 @@ class CityBuilder(LandUseMixin):
                 ts.sort()
                 ts = [(-2 * half, 0.0)] + ts + [(2 * half, 0.0)]
                 ln["cross"] = ts
-                for (s0, h0), (s1, h1) in zip(ts[:-1], ts[1:]):
+                for (s0, h0), (s1, h1) in zip(ts[:-1], ts[1:], strict=True):
                     if not ln["avenue"] and h0 > 0 and h1 > 0 and rng.random() < cfg.p_remove_segment:
                         continue
                     self.segments.append(Segment(ln["p"] + s0 * ln["d"], ln["p"] + s1 * ln["d"], ln["hw"],
@@ -174,7 +191,8 @@ class CityBuilder(LandUseMixin):
                 continue
             sl, t, d, L = loc
             m = (np.abs(d) < s.hw + sw) & (t > -(s.hw + sw)) & (t < L + s.hw + sw) & (c.height[sl] < 0.5)
-            c.paint(sl, m & (c.material[sl] != ASPHALT) & (c.material[sl] != MARK_WHITE) & (c.material[sl] != MARK_YELLOW),
+            c.paint(sl, m & (c.material[sl] != ASPHALT) & (c.material[sl] != MARK_WHITE)
+                    & (c.material[sl] != MARK_YELLOW),
                     SIDEWALK, np.float32(BASE_COLOUR[SIDEWALK]) * (1 + 0.05 * self.tex[sl][..., None]))
         was_road = c.material.copy() if markings_mask_other else None
         for loc, s in locs:
@@ -224,7 +242,7 @@ class CityBuilder(LandUseMixin):
         if len(pts) < 3:
             return
         hw = rng.uniform(4.5, 6.0)
-        segs = [Segment(a, b, hw, False, 0.0, 0.0, True) for a, b in zip(pts[:-1], pts[1:])]
+        segs = [Segment(a, b, hw, False, 0.0, 0.0, True) for a, b in zip(pts[:-1], pts[1:], strict=True)]
         self.draw_segments(segs, markings_mask_other=True)
 
     # ---- blocks -------------------------------------------------------------------------------
@@ -270,7 +288,8 @@ class CityBuilder(LandUseMixin):
         ev = np.array([-eu[1], eu[0]])
         return centre + u * eu + v * ev
 
-    def building(self, xy, ha: float, hb: float, height: float, roof, facade, kind: str, ang: float | None = None) -> None:
+    def building(self, xy, ha: float, hb: float, height: float, roof, facade, kind: str,
+                 ang: float | None = None) -> None:
         c = self.c
         ang = self.theta if ang is None else ang
         loc = _rect_local(c, xy[0], xy[1], ang, ha, hb)
@@ -311,11 +330,13 @@ class CityBuilder(LandUseMixin):
         r = np.hypot(X - xy[0], Y - xy[1]) / radius
         h = 2.5 + (top - 2.5) * np.sqrt(np.clip(1 - r * r, 0, 1))
         m = (r < 1) & (c.height[sl] < h) & ~np.isin(c.material[sl], (BUILDING, ROOFTOP, WATER))
-        col = _jitter(self.rng, colour if colour is not None else TREE_COLOURS[int(self.rng.integers(len(TREE_COLOURS)))], 8)
+        col = _jitter(self.rng, colour if colour is not None
+                      else TREE_COLOURS[int(self.rng.integers(len(TREE_COLOURS)))], 8)
         albedo = col * (0.75 + 0.35 * (1 - r))[..., None] * (1 + 0.15 * self.tex[sl][..., None])
         if m.any():   # foliage seen from the side: darker than from above, with leafy texture
             c.paint(sl, m, TREE, albedo, height=h)
-            c.facade[sl][m] = (col * 0.8)[None, :] * (0.75 + 0.35 * self.tex[sl][m][:, None] + 0.1 * (1 - r[m])[:, None])
+            c.facade[sl][m] = (col * 0.8)[None, :] * (0.75 + 0.35 * self.tex[sl][m][:, None]
+                                                      + 0.1 * (1 - r[m])[:, None])
 
     def car(self, xy, ang: float) -> None:
         c = self.c
@@ -339,7 +360,8 @@ class CityBuilder(LandUseMixin):
                 for t in np.arange(s.cross_a + 8, L - s.cross_b - 6, rng.uniform(8, 13)):
                     for side in (-1, 1):
                         if rng.random() < 0.85:
-                            self.tree(s.a + t * u + side * (s.hw + sw - 0.6) * n, rng.uniform(2.0, 3.2), rng.uniform(6, 10))
+                            self.tree(s.a + t * u + side * (s.hw + sw - 0.6) * n, rng.uniform(2.0, 3.2),
+                                      rng.uniform(6, 10))
             if not s.avenue and rng.random() < 0.5:
                 for t in np.arange(s.cross_a + 8, L - s.cross_b - 6, 6.0):
                     if rng.random() < 0.3:

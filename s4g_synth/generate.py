@@ -19,14 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from s4g_engine.errors import InputError
+
 # Images are written atomically but without fsync (durable=False): thousands of regenerable files, ~10 ms of
 # fsync each; the split files that make a world usable are written last, durably (layouts.py).
 from s4g_engine.fileio import atomic_write_bytes
 
 from . import capture
 from .city import CityConfig, generate_world
-from .layouts import (CITY_ANCHORS, US_ANCHORS, VIGOR_CITIES, cvusa_paths, encode_image, vigor_pano_name,
-                      vigor_sat_name, write_cvusa_index, write_vigor_city_index)
+from .layouts import (
+    CITY_ANCHORS,
+    US_ANCHORS,
+    VIGOR_CITIES,
+    cvusa_paths,
+    encode_image,
+    vigor_pano_name,
+    vigor_sat_name,
+    write_cvusa_index,
+    write_vigor_city_index,
+)
 from .world import ROADLIKE, WATER, World
 
 logger = logging.getLogger(__name__)
@@ -142,7 +152,8 @@ def render_pair(world: World, tile_center: tuple[float, float], cam_xy: tuple[fl
     cam_z = float(rng.uniform(*cfg.cam_height))
     tile = None
     if render_tile:
-        tile = capture.finish(capture.render_tile(world, tile_center, cfg.tile_size, cfg.tile_res, sat_cond), sat_cond, rng)
+        tile = capture.finish(capture.render_tile(world, tile_center, cfg.tile_size, cfg.tile_res, sat_cond),
+                              sat_cond, rng)
     pano = capture.render_panorama(world, (cam_xy[0], cam_xy[1], cam_z), tuple(cfg.pano_size), gnd_cond,
                                    vfov_deg=cfg.vfov_deg)
     return tile, capture.finish(pano, gnd_cond, rng)
@@ -269,7 +280,7 @@ def plan(cfg: GeneratorConfig, out: Path) -> list[DistrictTask]:
             done += n
         return tasks
     per_city = [cfg.pairs // 4 + (1 if c < cfg.pairs % 4 else 0) for c in range(4)]
-    for city, n_city in zip(VIGOR_CITIES, per_city):
+    for city, n_city in zip(VIGOR_CITIES, per_city, strict=True):
         done, kc = 0, 0
         while done < n_city:
             n = min(ppd, n_city - done)

@@ -28,7 +28,7 @@ STYLE_FOR_USE = {"dense": (2, 6, 7, 5), "towers": (3, 4, 7), "houses": (0, 1), "
 
 def _jitter(rng: np.random.Generator, colour, amount: float = 12.0) -> np.ndarray:
     n = rng.normal(0, amount, 3)
-    return np.array([min(255.0, max(0.0, float(c) + float(d))) for c, d in zip(colour, n)], np.float32)
+    return np.array([min(255.0, max(0.0, float(c) + float(d))) for c, d in zip(colour, n, strict=True)], np.float32)
 
 
 class LandUseMixin:
@@ -78,11 +78,13 @@ class LandUseMixin:
             u = -hu + su * (2 * k + 1)
             ha, hb = min(su - 4, rng.uniform(10, 24)), min(hv - 4, rng.uniform(10, 24))
             if ha > 5 and hb > 5:
-                self.building(self._local_to_xy(centre, u, rng.uniform(-1, 1) * (hv - hb - 3)), ha, hb, rng.uniform(hlo, hhi),
+                self.building(self._local_to_xy(centre, u, rng.uniform(-1, 1) * (hv - hb - 3)), ha, hb,
+                              rng.uniform(hlo, hhi),
                               _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
                               _jitter(rng, facades[int(rng.integers(len(facades)))], 8), kind)
         for _ in range(int(rng.integers(2, 8))):
-            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.choice([-1, 1]) * (hv - 2)), rng.uniform(2, 3.2), rng.uniform(6, 9))
+            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.choice([-1, 1]) * (hv - 2)),
+                      rng.uniform(2, 3.2), rng.uniform(6, 9))
 
     def _use_houses(self, centre, hu, hv) -> None:
         rng = self.rng
@@ -96,10 +98,12 @@ class LandUseMixin:
                 v = row_side * hv / 2
                 hw_, hd_ = rng.uniform(4, 6.5), rng.uniform(4.5, 7)
                 xy = self._local_to_xy(centre, u, v + row_side * rng.uniform(-2, 2))
-                self.building(xy, hw_, hd_, rng.uniform(hlo, hhi) - 2, _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
+                self.building(xy, hw_, hd_, rng.uniform(hlo, hhi) - 2,
+                              _jitter(rng, roofs[int(rng.integers(len(roofs)))]),
                               _jitter(rng, facades[int(rng.integers(len(facades)))], 8), kind)
                 if rng.random() < 0.7:
-                    self.tree(self._local_to_xy(centre, u + rng.uniform(-lot_w / 2, lot_w / 2), v - row_side * rng.uniform(hd_ + 2, max(hd_ + 2, hv / 2) + 1e-6)),
+                    self.tree(self._local_to_xy(centre, u + rng.uniform(-lot_w / 2, lot_w / 2),
+                                                v - row_side * rng.uniform(hd_ + 2, max(hd_ + 2, hv / 2) + 1e-6)),
                               rng.uniform(2, 4), rng.uniform(5, 10))
 
     def _use_industrial(self, centre, hu, hv) -> None:
@@ -110,7 +114,8 @@ class LandUseMixin:
         self.building(self._local_to_xy(centre, rng.uniform(-1, 1) * (hu - ha), rng.uniform(-1, 1) * (hv - hb)), ha, hb,
                       rng.uniform(6, 12), _jitter(rng, roofs[0]), _jitter(rng, facades[0], 8), "flat")
         for _ in range(int(rng.integers(0, 6))):
-            self.car(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)), self.theta + rng.choice([0, math.pi / 2]))
+            self.car(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)),
+                     self.theta + rng.choice([0, math.pi / 2]))
 
     def _use_park(self, centre, hu, hv) -> None:
         rng = self.rng
@@ -118,11 +123,13 @@ class LandUseMixin:
         loc = self._rect(self.c, centre[0], centre[1], self.theta + rng.uniform(-0.8, 0.8), hu * 1.5, 1.2)
         if loc is not None:
             sl, a, b = loc
-            self.c.paint(sl, (np.abs(b) < 1.2) & (np.abs(a) < hu * 1.5) & (self.c.material[sl] == GRASS), PAVING, (196, 184, 150))
+            self.c.paint(sl, (np.abs(b) < 1.2) & (np.abs(a) < hu * 1.5) & (self.c.material[sl] == GRASS), PAVING,
+                         (196, 184, 150))
         if rng.random() < 0.4:
             self._pond(centre, min(hu, hv) * rng.uniform(0.3, 0.6))
         for _ in range(int(rng.integers(4, 20))):
-            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)), rng.uniform(2.5, 5), rng.uniform(6, 14))
+            self.tree(self._local_to_xy(centre, rng.uniform(-hu, hu), rng.uniform(-hv, hv)), rng.uniform(2.5, 5),
+                      rng.uniform(6, 14))
 
     def _pond(self, centre, radius) -> None:
         c = self.c
@@ -145,7 +152,8 @@ class LandUseMixin:
         loc = self._rect(c, centre[0], centre[1], self.theta, hu, hv)
         if loc is not None:
             sl, a, b = loc
-            stalls = (np.abs(a) < hu - 2) & ((a % 2.7) < 0.35) & ((np.abs(b) % 12.0) > 6.5) & (c.material[sl] == PARKING)
+            stalls = (np.abs(a) < hu - 2) & ((a % 2.7) < 0.35) & ((np.abs(b) % 12.0) > 6.5) \
+                & (c.material[sl] == PARKING)
             c.paint(sl, stalls, MARK_WHITE, BASE_COLOUR[MARK_WHITE])
         for _ in range(int(rng.integers(3, 25))):
             u = rng.uniform(-hu + 3, hu - 3)
@@ -163,7 +171,8 @@ class LandUseMixin:
         if loc is not None:
             sl, a, b = loc
             fa, fb = hu - 4, hv - 4
-            lines = ((np.abs(np.abs(a) - fa) < 0.3) & (np.abs(b) <= fb)) | ((np.abs(np.abs(b) - fb) < 0.3) & (np.abs(a) <= fa)) \
+            lines = ((np.abs(np.abs(a) - fa) < 0.3) & (np.abs(b) <= fb)) \
+                | ((np.abs(np.abs(b) - fb) < 0.3) & (np.abs(a) <= fa)) \
                 | ((np.abs(a) < 0.3) & (np.abs(b) <= fb)) | (np.abs(np.hypot(a, b) - min(fa, fb) / 3) < 0.3)
             c.paint(sl, lines & (c.material[sl] == FIELD), MARK_WHITE, (235, 235, 230))
 

@@ -57,8 +57,9 @@ def write_cvusa_index(out: Path, ids: np.ndarray, gps: np.ndarray, val_mask: np.
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
         raise ValueError("CVUSA pair ids must be exactly 1..N")
     rows = [",".join(cvusa_paths(int(i))) for i in ids]
-    atomic_write_text(out / "splits" / "train-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if not v))
-    atomic_write_text(out / "splits" / "val-19zl.csv", "".join(r + "\n" for r, v in zip(rows, val_mask) if v))
+    pairs = list(zip(rows, val_mask, strict=True))
+    atomic_write_text(out / "splits" / "train-19zl.csv", "".join(r + "\n" for r, v in pairs if not v))
+    atomic_write_text(out / "splits" / "val-19zl.csv", "".join(r + "\n" for r, v in pairs if v))
     atomic_write_text(out / "split_locations" / "all.csv",
                       "".join(f"{a:.8f},{b:.8f},{c:.8f},{d:.8f}\n" for a, b, c, d in gps))
 
@@ -82,14 +83,16 @@ def write_vigor_city_index(out: Path, city: str, tiles: list[str], rows: list[tu
     lines = []
     for pano, sats, delta in rows:
         parts = [pano]
-        for s, (d0, d1) in zip(sats, delta):
+        for s, (d0, d1) in zip(sats, delta, strict=True):
             parts += [s, f"{d0:.4f}", f"{d1:.4f}"]
         lines.append(" ".join(parts) + "\n")
     base = out / "splits" / city
     atomic_write_text(base / "satellite_list.txt", "".join(t + "\n" for t in tiles))
     atomic_write_text(base / "pano_label_balanced.txt", "".join(lines))
-    atomic_write_text(base / "same_area_balanced_train.txt", "".join(l for l, t in zip(lines, test_mask) if not t))
-    atomic_write_text(base / "same_area_balanced_test.txt", "".join(l for l, t in zip(lines, test_mask) if t))
+    atomic_write_text(base / "same_area_balanced_train.txt", "".join(
+        ln for ln, t in zip(lines, test_mask, strict=True) if not t))
+    atomic_write_text(base / "same_area_balanced_test.txt", "".join(
+        ln for ln, t in zip(lines, test_mask, strict=True) if t))
 
 
 def write_meta(out: Path, meta: dict) -> None:

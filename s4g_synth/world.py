@@ -82,7 +82,7 @@ class World:
         lon = self.lon + np.degrees(np.asarray(x, np.float64) / (EARTH_RADIUS_M * math.cos(math.radians(self.lat))))
         return lat, lon
 
-    def finalise(self) -> "World":
+    def finalise(self) -> World:
         """Make arrays contiguous with the renderer's dtypes and cache hmax."""
         self.height = np.ascontiguousarray(self.height, np.float32)
         self.albedo = np.ascontiguousarray(self.albedo, np.uint8)

@@ -89,7 +89,8 @@ def search_stats() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def sec_topk(nq: int, n: int, d: int, k: int, half: bool, repeat: int, n_check: int, chunk: int = 2048) -> dict[str, Any]:
+def sec_topk(nq: int, n: int, d: int, k: int, half: bool, repeat: int, n_check: int,
+             chunk: int = 2048) -> dict[str, Any]:
     import torch
 
     import s4g_engine
@@ -182,7 +183,8 @@ def sec_vigor(nq: int, n: int, d: int, repeat: int, chunk: int = 4096) -> dict[s
         t_t, tr = timed(lambda q=q: _torch_ranks(q, r, pos, ig, chunk), repeat)
         res[name] = {"s4g_s": t_s, "torch_s": t_t, "speedup_vs_torch": t_t / t_s, "s4g_stats": stats,
                      "ranks_equal_canonical_first_512": bool((canon == got[:512]).all()),
-                     "max_rank_diff_vs_torch": int((tr - got).abs().max()), "recall_at_1": float((got == 0).float().mean())}
+                     "max_rank_diff_vs_torch": int((tr - got).abs().max()),
+                     "recall_at_1": float((got == 0).float().mean())}
     return res
 
 
@@ -206,7 +208,8 @@ def sec_polar(batch: int, tile: int, h: int, w: int, repeat: int) -> dict[str, A
     rad = (tile / 2) * (h - 1 - i) / h
     th = 2 * torch.pi * j / w
     row, col = tile / 2 + rad * torch.cos(th), tile / 2 - rad * torch.sin(th)
-    grid = torch.stack([(col + 0.5) / tile * 2 - 1, (row + 0.5) / tile * 2 - 1], -1).float()[None].expand(batch, h, w, 2)
+    grid = torch.stack([(col + 0.5) / tile * 2 - 1, (row + 0.5) / tile * 2 - 1], -1).float()[None] \
+        .expand(batch, h, w, 2)
     m_t = torch.tensor(mean, device="cuda").view(1, 3, 1, 1)
     s_t = torch.tensor(std, device="cuda").view(1, 3, 1, 1)
 
@@ -226,7 +229,8 @@ def sec_polar(batch: int, tile: int, h: int, w: int, repeat: int) -> dict[str, A
 def markdown(res: dict[str, Any]) -> str:
     env = res.get("env", {})
     lines = ["# GPU kernels (issue 10)", "", f"device: {env.get('gpu')}, cuBLAS: {env.get('cublas')}", "",
-             "| kernel | size | s4g | torch (same precision) | ratio | exact vs canonical | path |", "|---|---|---|---|---|---|---|"]
+             "| kernel | size | s4g | torch (same precision) | ratio | exact vs canonical | path |",
+             "|---|---|---|---|---|---|---|"]
     for key in ("topk_1k", "topk_10k", "topk_10k_fp16", "dss"):
         t = res.get(key)
         if not isinstance(t, dict) or "s4g_s" not in t:
@@ -235,20 +239,23 @@ def markdown(res: dict[str, Any]) -> str:
             continue
         size = f"Q={t['q']} N={t['n']} d={t['d']} k={t['k']} {t.get('refs', 'float32')}"
         lines.append(f"| {key} | {size} | {1e3 * t['s4g_s']:.1f} ms | {1e3 * t['torch_s']:.1f} ms | "
-                     f"{t['speedup_vs_torch']:.2f}× | ids {t['ids_equal_canonical']}, bits {t['scores_bit_identical']} | "
+                     f"{t['speedup_vs_torch']:.2f}× | ids {t['ids_equal_canonical']}, "
+                     f"bits {t['scores_bit_identical']} | "
                      f"{t['s4g_stats'].get('path')} |")
     v = res.get("vigor")
     if isinstance(v, dict):
         for name in ("near_positive", "random_positive"):
             if name in v:
                 x = v[name]
-                lines.append(f"| positive_ranks ({name}) | Q={v['q']} N={v['n']} d={v['d']} | {1e3 * x['s4g_s']:.1f} ms | "
+                lines.append(f"| positive_ranks ({name}) | Q={v['q']} N={v['n']} d={v['d']} | "
+                             f"{1e3 * x['s4g_s']:.1f} ms | "
                              f"{1e3 * x['torch_s']:.1f} ms | {x['speedup_vs_torch']:.2f}× | "
                              f"{x['ranks_equal_canonical_first_512']} | {x['s4g_stats'].get('path')} |")
     p = res.get("polar")
     if isinstance(p, dict) and "s4g_ms" in p:
         lines.append(f"| polar | {p['batch']} × {p['tile']}² → {p['out']} | {p['s4g_ms']:.3f} ms "
-                     f"({p['pct_of_spec_bandwidth']:.0f} % of {H200_SPEC_TBS} TB/s, {p['pct_of_measured_copy']:.0f} % of "
+                     f"({p['pct_of_spec_bandwidth']:.0f} % of {H200_SPEC_TBS} TB/s, "
+                     f"{p['pct_of_measured_copy']:.0f} % of "
                      f"copy) | grid_sample {p['torch_grid_sample_ms']:.3f} ms | {p['speedup_vs_torch']:.2f}× | | |")
     return "\n".join(lines) + "\n"
 

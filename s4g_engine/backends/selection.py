@@ -170,7 +170,7 @@ def calibrate(candidates: Sequence[Candidate], build: Callable[[Candidate], Call
             log.warning("encoder candidate %s failed: %s", c.label, errors[c])
     times: dict[Candidate, list[float]] = {c: [] for c in encs}
     start = time.perf_counter()
-    for r in range(max(1, rounds)):
+    for _ in range(max(1, rounds)):
         for c, enc in encs.items():
             t = time.perf_counter()
             enc(batch)

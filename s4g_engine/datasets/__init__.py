@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from s4g_engine.errors import InputError, MissingFileError
+
 from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
 from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
-
-from s4g_engine.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import DATASET_NAMES, SPLITS, family, load_split
-from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
-from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
-
 from s4g_engine.console import add_debug_flag, cli_main
 from s4g_engine.errors import InputError
 from s4g_engine.logs import setup_logging
+
+from . import DATASET_NAMES, SPLITS, family, load_split
+from ._io import MalformedRowError, PathEscapeError, SplitFileNotFoundError
+from .base import EXPECTED_SIZES, PUBLISHED, CrossViewSplit
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError
+
 from ..geo import utm_to_latlon
 from ._io import DirIndex, SplitFileNotFoundError, check_name
 from .base import CrossViewSplit, missing_images
-
-from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def load_cvact(root: Path, split: str, *, strict: bool = False, utm_zone: int = 
         raise ind
     struct, fld, folder = SPLITS[split]
     ids = [data["ids"][i] for i in ind]
-    for i, pid in zip(ind, ids):
+    for i, pid in zip(ind, ids, strict=True):
         check_name(pid + GROUND_SUFFIX, f"{mat_path}: panoIds[{i + 1}]")
     img_root = root / folder
     if not img_root.is_dir():
@@ -145,10 +145,10 @@ def load_cvact(root: Path, split: str, *, strict: bool = False, utm_zone: int = 
     s_ok = np.array(index.exists_many(img_root / SAT_DIR, [p + SAT_SUFFIX for p in ids]), bool)
     skipped: dict = {}
     missing_images(skipped, "missing_query_images",
-                   [f"{folder}/{GROUND_DIR}/{p}{GROUND_SUFFIX}" for p, o in zip(ids, g_ok) if not o],
+                   [f"{folder}/{GROUND_DIR}/{p}{GROUND_SUFFIX}" for p, o in zip(ids, g_ok, strict=True) if not o],
                    strict, "cvact", root)
     missing_images(skipped, "missing_reference_images",
-                   [f"{folder}/{SAT_DIR}/{p}{SAT_SUFFIX}" for p, o in zip(ids, s_ok) if not o],
+                   [f"{folder}/{SAT_DIR}/{p}{SAT_SUFFIX}" for p, o in zip(ids, s_ok, strict=True) if not o],
                    strict, "cvact", root)
     keep = np.flatnonzero(g_ok & s_ok)
     if len(keep) < len(ids):

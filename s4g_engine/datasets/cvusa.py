@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from s4g_engine.errors import InputError, MissingFileError
+
 from ._io import DirIndex, MalformedRowError, check_relative, read_rows
 from .base import CrossViewSplit, missing_images
-
-from s4g_engine.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +93,15 @@ def load_cvusa(root: Path, split: str, *, strict: bool = False, name: str = "cvu
         grds.append(check_relative(parts[1], where))
         lines.append(i)
     ids = np.array([_sat_id(s, f"got {s!r}", line, path, ln)
-                    for s, (ln, line) in zip(sats, rows)], np.int64)
+                    for s, (ln, line) in zip(sats, rows, strict=True)], np.int64)
 
     index = DirIndex()
     sat_ok = np.array(index.exists_paths(root, sats), bool)
     grd_ok = np.array(index.exists_paths(root, grds), bool)
     skipped: dict = {}
-    missing_images(skipped, "missing_reference_images", [s for s, o in zip(sats, sat_ok) if not o],
+    missing_images(skipped, "missing_reference_images", [s for s, o in zip(sats, sat_ok, strict=True) if not o],
                    strict, "cvusa", root)
-    missing_images(skipped, "missing_query_images", [g for g, o in zip(grds, grd_ok) if not o],
+    missing_images(skipped, "missing_query_images", [g for g, o in zip(grds, grd_ok, strict=True) if not o],
                    strict, "cvusa", root)
     keep = np.flatnonzero(sat_ok & grd_ok)
     if len(keep) < len(rows):

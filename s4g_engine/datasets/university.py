@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CrossViewSplit, missing_images
-
 from s4g_engine.errors import FormatError, InputError, MissingFileError
+
+from .base import CrossViewSplit, missing_images
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from s4g_engine.errors import FormatError, InputError
+
 from ._io import DirIndex, MalformedRowError, check_name, read_rows
 from .base import CrossViewSplit, missing_images
-
-from s4g_engine.errors import FormatError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _read_label_file(path: Path) -> tuple[list[str], list[list[str]], np.ndarray
     try:
         deltas = np.array(nums, dtype=np.float64).reshape(-1, 4, 2)
     except ValueError:
-        for (i, line), n in zip(rows, nums):  # locate the bad line (slow path, only on error)
+        for (i, line), n in zip(rows, nums, strict=True):  # locate the bad line (slow path, only on error)
             try:
                 [float(x) for x in n]
             except ValueError:
@@ -161,11 +161,11 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
         base = str(sat_dir) + os.sep
         listed[city] = set(names)
         start = len(ref_paths)
-        kept = [nm for nm, o in zip(names, ok) if o]
+        kept = [nm for nm, o in zip(names, ok, strict=True) if o]
         tile_index[city] = {nm: start + k for k, nm in enumerate(kept)}
         ref_paths.extend(base + nm for nm in kept)
         ref_gps.append(gps[ok])
-        missing_tiles.extend(f"{city}/satellite/{nm}" for nm, o in zip(names, ok) if not o)
+        missing_tiles.extend(f"{city}/satellite/{nm}" for nm, o in zip(names, ok, strict=True) if not o)
     missing_images(skipped, "missing_reference_images", missing_tiles, strict, name, root)
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -186,17 +186,17 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
             bad = sorted(set(sats[k]) & unknown)[0]
             raise MalformedRowError(lbl, lines[k], " ".join([panos[k]] + sats[k]), "tiles listed in "
                                     f"splits/{city}/satellite_list.txt (unknown tile {bad!r})")
-        gps = _parse_names(panos, parse_pano_name, lbl, list(zip(lines, panos)),
+        gps = _parse_names(panos, parse_pano_name, lbl, list(zip(lines, panos, strict=True)),
                            "a panorama named <prefix>,<lat>,<lon>,.jpg")
         ok = np.array(index.exists_many(root / city / "panorama", panos), bool)
         tid = tile_index[city]
         idx = np.array([[tid.get(t, -1) for t in four] for four in sats], np.int64).reshape(-1, 4)
-        missing_panos.extend(f"{city}/panorama/{p}" for p, o in zip(panos, ok) if not o)
+        missing_panos.extend(f"{city}/panorama/{p}" for p, o in zip(panos, ok, strict=True) if not o)
         lost_positive += int((ok & (idx[:, 0] < 0)).sum())
         keep = ok & (idx[:, 0] >= 0)
         lost_semi += int((idx[keep, 1:] < 0).sum())
         base = str(root / city / "panorama") + os.sep
-        q_paths.extend(base + p for p, k in zip(panos, keep) if k)
+        q_paths.extend(base + p for p, k in zip(panos, keep, strict=True) if k)
         q_gps.append(gps[keep])
         pos.append(idx[keep, 0])
         semi.append(idx[keep, 1:])

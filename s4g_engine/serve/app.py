@@ -20,8 +20,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from s4g_engine.serve.config import ServeConfig
-from s4g_engine.serve.handlers import (ApiError, answer, candidates, check_content_length, check_images, error_from,
-                                       gallery_points, parse_format, parse_k, thumbnail)
+from s4g_engine.serve.handlers import (
+    ApiError,
+    answer,
+    candidates,
+    check_content_length,
+    check_images,
+    error_from,
+    gallery_points,
+    parse_format,
+    parse_k,
+    thumbnail,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,9 +119,9 @@ def answer(names: Sequence[str], cands: Sequence[list[dict[str, Any]]], fmt: str
     if fmt == "geojson":
         feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [c["lon"], c["lat"]]},
                   "properties": {"query": n, "rank": c["rank"], "score": c["score"], "id": c["id"]}}
-                 for n, cs in zip(names, cands) for c in cs]
+                 for n, cs in zip(names, cands, strict=True) for c in cs]
         return {"type": "FeatureCollection", "features": feats}
-    return {"k": k, "results": [{"image": n, "candidates": cs} for n, cs in zip(names, cands)]}
+    return {"k": k, "results": [{"image": n, "candidates": cs} for n, cs in zip(names, cands, strict=True)]}
 
 
 def gallery_points(index: Any, limit: int) -> dict[str, Any]:
