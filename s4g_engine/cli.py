@@ -31,11 +31,11 @@ import numpy as np
 from s4g_engine.console import add_debug_flag, cli_main
 from s4g_engine.errors import InputError, MissingFileError
 from s4g_engine.fileio import atomic_write_text, check_writable
+from s4g_engine.imagecheck import IMAGE_EXTS
 from s4g_engine.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEMO_MARKER = ".s4g-demo-done"
 
 

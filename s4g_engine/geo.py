@@ -26,10 +26,13 @@ __all__ = [
     "offset_latlon",
     "utm_to_latlon",
     "gps_neighbours",
+    "GPS_METRICS",
 ]
 
 #: Earth radius used by the VIGOR/Sample4Geo evaluation code (docs/METHOD.md §7).
 EARTH_RADIUS_M = 6_371_004.0
+#: metrics of :func:`gps_neighbours`: great circle on (lat, lon) degrees, or plane (UTM metres, CVACT)
+GPS_METRICS = ("haversine", "euclidean")
 
 
 def haversine_m(lat1: np.ndarray | float, lon1: np.ndarray | float,
@@ -107,7 +110,7 @@ def _embed(coords: np.ndarray, metric: str) -> np.ndarray:
         return latlon_to_unit(coords[:, 0], coords[:, 1]) * EARTH_RADIUS_M
     if metric == "euclidean":
         return coords - coords.mean(axis=0, keepdims=True)
-    raise InputError(f"metric must be 'haversine' or 'euclidean', got {metric!r}")
+    raise InputError(f"metric must be one of {GPS_METRICS}, got {metric!r}")
 
 
 def _neighbours_kdtree(points: np.ndarray, k: int) -> np.ndarray:

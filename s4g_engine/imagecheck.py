@@ -23,11 +23,14 @@ import numpy as np
 from s4g_engine.errors import CorruptFileError, FileAccessError, InputError, LimitError, MissingFileError, NotAFileError
 from s4g_engine.limits import check_bytes, check_pixels
 
-__all__ = ["open_image", "check_image_path", "check_array_layout", "describe_source", "BYTES_TYPES", "ImageSource"]
+__all__ = ["open_image", "check_image_path", "check_array_layout", "describe_source", "BYTES_TYPES", "ImageSource",
+           "IMAGE_EXTS"]
 
 #: Encoded image bytes (a JPEG/PNG/... file's content).
 BYTES_TYPES = (bytes, bytearray, memoryview)
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview
+#: File name endings taken as images when a command line is given a folder (lower case).
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def describe_source(source: Any) -> str:

@@ -13,12 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from s4g_engine.errors import InputError
+from s4g_engine.geo import EARTH_RADIUS_M, haversine_m  # noqa: F401  (EARTH_RADIUS_M: re-exported, was defined here)
 
 log = logging.getLogger(__name__)
-
-#: Earth radius for metre errors (docs/METHOD.md §7).
-EARTH_RADIUS_M = 6_371_004.0
-
 
 def _ranks(query_emb: Any, ref_emb: Any, positive: Any, ignore: Any = None) -> np.ndarray:
     from s4g_engine import positive_ranks  # the compiled core (validates shapes, dtypes, NaN)
@@ -71,16 +68,6 @@ def retrieval_metrics(query_emb: Any, ref_emb: Any, positive: Any, semi_positive
     return out
 
 
-def _haversine(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    try:
-        from s4g_engine.geo import haversine_m
-    except ImportError:  # geo is written by the datasets owner; same formula and radius
-        p1, p2 = np.radians(lat1), np.radians(lat2)
-        h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
-        return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
-    return np.asarray(haversine_m(lat1, lon1, lat2, lon2), dtype=np.float64)
-
-
 def metre_errors(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float] = (10, 25, 50)) -> dict[str, float]:
     """Localisation error in metres (great circle, R = 6,371,004 m) between predicted and true positions.
 
@@ -97,7 +84,7 @@ def metre_errors(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float]
         raise InputError("pred_latlon / true_latlon contain NaN or Inf; drop queries without coordinates first")
     if np.abs(p[:, 0]).max() > 90 or np.abs(t[:, 0]).max() > 90:
         raise InputError("latitudes beyond ±90°: pass (lat, lon) in degrees, latitude first")
-    err = _haversine(p[:, 0], p[:, 1], t[:, 0], t[:, 1])
+    err = np.asarray(haversine_m(p[:, 0], p[:, 1], t[:, 0], t[:, 1]), dtype=np.float64)
     out = {"median_m": float(np.median(err)), "mean_m": float(np.mean(err))}
     for th in thresholds:
         out[f"acc@{th:g}m"] = 100.0 * float(np.mean(err <= th))

@@ -143,9 +143,9 @@ def sample_places(world: World, n: int, rng: np.random.Generator, spacing: float
     raise RuntimeError(f"could not place {n} distinct places in the district")
 
 
-def render_pair(world: World, tile_center: tuple[float, float], cam_xy: tuple[float, float],
-                rng: np.random.Generator, cfg: GeneratorConfig, *, render_tile: bool = True
-                ) -> tuple[np.ndarray | None, np.ndarray]:
+def render_views(world: World, tile_center: tuple[float, float], cam_xy: tuple[float, float],
+                 rng: np.random.Generator, cfg: GeneratorConfig, *, render_tile: bool = True
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(tile uint8 (S, S, 3) or None, panorama uint8 (H, W, 3)) under independent capture conditions."""
     sat_cond = capture.sample_conditions(rng, strength=cfg.conditions)
     gnd_cond = capture.sample_conditions(rng, strength=cfg.conditions)
@@ -205,7 +205,7 @@ def run_district(task: DistrictTask) -> dict:
         for i, (x, y) in enumerate(places):
             prng = _pair_rng(cfg.seed, k, i)
             cam = (x + prng.normal(0, cfg.jitter_m), y + prng.normal(0, cfg.jitter_m))
-            tile, pano = render_pair(world, (x, y), cam, prng, cfg)
+            tile, pano = render_views(world, (x, y), cam, prng, cfg)
             pid = task.first_id + i
             sat_rel, pano_rel, _ = cvusa_paths(pid)
             atomic_write_bytes(out / sat_rel, encode_image(tile, "jpg", cfg.jpeg_quality), durable=False)
@@ -249,7 +249,7 @@ def _run_vigor_district(task: DistrictTask, world: World, rng: np.random.Generat
             north.append(y - cy)
             east.append(x - cx)
         delta = pixel_delta(np.array(north), np.array(east), cfg.tile_res)
-        _, pano = render_pair(world, (x, y), (x, y), prng, cfg, render_tile=False)
+        _, pano = render_views(world, (x, y), (x, y), prng, cfg, render_tile=False)
         lat, lon = world.to_latlon(x, y)
         prefix = "".join(prng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"), 22))
         pname = vigor_pano_name(prefix, float(lat), float(lon))

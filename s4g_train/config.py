@@ -23,18 +23,19 @@ from typing import Any
 
 import yaml
 
+from s4g_engine.datasets import DATASET_NAMES as DATASETS
 from s4g_engine.errors import FormatError, InputError, MissingFileError
 from s4g_engine.fileio import atomic_write_text
+from s4g_engine.geo import GPS_METRICS
+from s4g_train.health import COLLAPSE_ACTIONS
+from s4g_train.losses import LOSSES
 from s4g_train.model import ModelConfig
+from s4g_train.parsers import AMP_MODES, DEVICES
 from s4g_train.sampling import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-
-DATASETS = ("cvusa", "cvact", "vigor-same", "vigor-cross", "university-d2s", "university-s2d")
-LOSSES = ("infonce", "street2sat", "sat2street", "triplet", "soft_triplet")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -358,8 +359,8 @@ def validate(cfg: Config) -> None:
         bad(f"train.loss={cfg.train.loss!r}: expected one of {LOSSES}")
     if cfg.train.amp not in AMP_MODES:
         bad(f"train.amp={cfg.train.amp!r}: expected one of {AMP_MODES}")
-    if cfg.train.device not in ("auto", "cpu", "cuda"):
-        bad(f"train.device={cfg.train.device!r}: expected auto, cpu or cuda")
+    if cfg.train.device not in DEVICES:
+        bad(f"train.device={cfg.train.device!r}: expected one of {DEVICES}")
     if cfg.data.decode not in ("pil", "nvjpeg"):
         bad(f"data.decode={cfg.data.decode!r}: expected pil (the data contract's decoder) or nvjpeg (CUDA)")
     if cfg.data.prefetch_factor < 1:
@@ -371,8 +372,8 @@ def validate(cfg: Config) -> None:
         bad(f"sampling.k={s.k}: must be even (k/2 nearest + k/2 random neighbours)")
     if s.dss_every < 1:
         bad(f"sampling.dss_every={s.dss_every}: must be ≥ 1")
-    if s.gps_metric not in ("auto", "haversine", "euclidean"):
-        bad(f"sampling.gps_metric={s.gps_metric!r}: expected auto, haversine or euclidean")
+    if s.gps_metric not in ("auto", *GPS_METRICS):
+        bad(f"sampling.gps_metric={s.gps_metric!r}: expected auto or one of {GPS_METRICS}")
     t = cfg.train
     if t.epochs < 1:
         bad(f"train.epochs={t.epochs}: must be ≥ 1")
@@ -391,7 +392,7 @@ def validate(cfg: Config) -> None:
         bad(f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be ≥ 0")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
         bad(f"train.label_smoothing={cfg.train.label_smoothing}: must be in [0, 1)")
-    if t.collapse not in ("stop", "warn", "off") or t.collapse_window < 1:
+    if t.collapse not in COLLAPSE_ACTIONS or t.collapse_window < 1:
         bad(f"train.collapse={t.collapse!r}, train.collapse_window={t.collapse_window}: expected stop, warn or off "
             "and a window ≥ 1 step")
     if t.init is not None and not os.path.isfile(t.init):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4g_engine.bundle import model_fingerprint
+from s4g_engine.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, model_fingerprint, sha256_file
 from s4g_engine.fileio import atomic_write_text, publish_folder
 from s4g_engine.console import cli_main
 from s4g_engine.logs import setup_logging
@@ -55,8 +54,6 @@ log = logging.getLogger(__name__)
 
 PARITY_FP32 = 0.9999
 PARITY_FP16 = 0.999
-BUNDLE_FORMAT = "s4g-bundle"  # must equal s4g_engine.localiser.BUNDLE_FORMAT
-BUNDLE_VERSION = 1
 
 
 class ExportError(RuntimeError):
@@ -83,14 +80,6 @@ class EmbedGraph(nn.Module):
             emb = F.normalize(pooled.float(), dim=-1)
             return emb, feats.float()
         return F.normalize(self.backbone(x).float(), dim=-1)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundle_fingerprint(embed_dim: int, shas: Sequence[str]) -> str:

@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 COLLAPSE_ACTIONS = ("stop", "warn", "off")
 #: ``s4g-train``'s exit code when a run was stopped because it collapsed (2 = a usage error).
 EXIT_COLLAPSED = 3
-#: losses whose collapsed value is ``ln B`` (softmax over the batch); for the triplet losses only the
-#: similarities are checked.
-SOFTMAX_LOSSES = ("infonce", "street2sat", "sat2street")
 
 
 class TrainingCollapsed(StateError):
@@ -145,6 +142,8 @@ def advice_for(cfg: Any, steps_per_epoch: int) -> str:
 def monitor_for_run(cfg: Any, steps_per_epoch: int, record: Callable[..., Any] | None = None,
                     share: Callable[[Any], Any] | None = None) -> CollapseMonitor:
     """The monitor of a training run from its config (``train.collapse``, ``train.collapse_window``)."""
+    from s4g_train.losses import SOFTMAX_LOSSES  # collapsed value ln B; triplet losses: similarities only
+
     t = cfg.train
     return CollapseMonitor(t.batch_size, t.collapse, CollapseCriteria(window=t.collapse_window),
                            softmax_loss=t.loss in SOFTMAX_LOSSES, advice=advice_for(cfg, steps_per_epoch),

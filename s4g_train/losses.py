@@ -23,7 +23,10 @@ from s4g_train import dist
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("infonce", "street2sat", "sat2street", "triplet", "soft_triplet")
+#: losses over a softmax of the batch (they take ``label_smoothing``; a collapsed run sits at ``ln B``)
+SOFTMAX_LOSSES = ("infonce", "street2sat", "sat2street")
+#: every ``train.loss`` name :func:`make_loss` knows
+LOSSES = (*SOFTMAX_LOSSES, "triplet", "soft_triplet")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -12,12 +12,18 @@ import argparse
 from s4g_engine.console import add_debug_flag
 from s4g_engine.preprocess import INTERPOLATIONS
 
-__all__ = ["train_parser", "eval_parser", "ablate_parser", "export_parser", "MIN_OPSET", "BACKBONE"]
+__all__ = ["train_parser", "eval_parser", "ablate_parser", "export_parser", "MIN_OPSET", "BACKBONE", "AMP_MODES",
+           "DEVICES"]
 
 #: The lowest ONNX opset ``s4g-export`` writes.
 MIN_OPSET = 17
 #: ``--interpolation``/``data.interpolation`` value meaning "the backbone's own resize filter".
 BACKBONE = "backbone"
+#: ``train.amp`` / ``--amp`` values (their meaning: :func:`s4g_train.device.pick_amp`); defined here, torch-free,
+#: so the parsers and the config share one list.
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: ``train.device`` values (:func:`s4g_train.device.pick_device`).
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -56,7 +62,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
+    p.add_argument("--amp", default="auto", choices=AMP_MODES)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", default=None, help="write metrics JSON here (default: <checkpoint>.eval-<split>.json)")
     p.add_argument("--save-embeddings", metavar="DIR", default=None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -19,15 +20,18 @@ import torch
 from s4g_train.config import Config
 from s4g_train.device import autocast_context, use_channels_last
 from s4g_train.ema import WeightEMA
-from s4g_train.losses import make_loss
+from s4g_train.losses import SOFTMAX_LOSSES, make_loss
 from s4g_train.lr import CosineWarmup
 from s4g_train.model import S4GModel
 
 log = logging.getLogger(__name__)
 
 
-class Encoder(torch.nn.Module):
-    """What DDP wraps: both embeddings and the scale come out of ``forward`` (so DDP sees every parameter)."""
+class PairEncoder(torch.nn.Module):
+    """What DDP wraps: both embeddings and the scale come out of ``forward`` (so DDP sees every parameter).
+
+    (Called ``Encoder`` before; that name now means only the engine's :class:`s4g_engine.encoders.Encoder`.)
+    """
 
     def __init__(self, model: S4GModel, channels_last: bool) -> None:
         super().__init__()
@@ -58,7 +62,7 @@ class TrainStep:
     def __init__(self, model: S4GModel, cfg: Config, *, device: torch.device, amp_dtype: torch.dtype | None,
                  use_scaler: bool, steps_per_epoch: int, distributed: bool = False) -> None:
         self.model, self.cfg, self.device, self.amp_dtype = model, cfg, device, amp_dtype
-        self.encoder: torch.nn.Module = Encoder(model, use_channels_last(cfg.train.channels_last, device))
+        self.encoder: torch.nn.Module = PairEncoder(model, use_channels_last(cfg.train.channels_last, device))
         self.first_step_s: float | None = None  # wall time of the first step (with torch.compile: compiling)
         if cfg.train.compile:
             self.encoder = torch.compile(self.encoder)
@@ -77,7 +81,7 @@ class TrainStep:
                                   total=cfg.train.epochs * steps_per_epoch, min_ratio=o.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         kw = {"label_smoothing": cfg.train.label_smoothing} \
-            if cfg.train.loss in ("infonce", "street2sat", "sat2street") else {}
+            if cfg.train.loss in SOFTMAX_LOSSES else {}
         self.loss_fn = make_loss(cfg.train.loss, **kw)
         self.ema = WeightEMA.from_config(model, cfg)  # None unless train.ema_decay; its state is the trainer's
 
@@ -125,3 +129,11 @@ class TrainStep:
             g["fused"] = True if self.device.type == "cuda" else None
         self.sched.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Encoder":  # deprecated alias: the engine's Encoder is a different thing (an ONNX/TensorRT backend)
+        warnings.warn("s4g_train.step.Encoder is deprecated: use s4g_train.step.PairEncoder", DeprecationWarning,
+                      stacklevel=2)
+        return PairEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

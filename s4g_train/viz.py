@@ -26,6 +26,7 @@ import numpy as np
 from s4g_engine.console import add_debug_flag, cli_main
 from s4g_engine.errors import InputError, MissingFileError
 from s4g_engine.fileio import atomic_write_text, check_writable
+from s4g_engine.imagecheck import IMAGE_EXTS
 from s4g_engine.logs import setup_logging
 # torch (heatmaps) and matplotlib (plots) are imported where they are used, so that the parser and --help
 # of s4g-viz import neither.
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 Source = Union["TorchSource", "BundleSource"]
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ---------------------------------------------------------------------------------------------- sources

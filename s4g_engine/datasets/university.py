@@ -26,7 +26,9 @@ from .base import CrossViewSplit, missing_images
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: image endings read from a University-1652 class folder (what it ships; narrower than
+#: s4g_engine.imagecheck.IMAGE_EXTS on purpose: the split must not change with stray .tif files)
+UNIVERSITY_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDERS = {
     ("university-d2s", "test"): ("test/query_drone", "test/gallery_satellite", "drone", "satellite"),
     ("university-s2d", "test"): ("test/query_satellite", "test/gallery_drone", "satellite", "drone"),
@@ -55,7 +57,7 @@ def list_class_folder(folder: Path, skipped: dict) -> tuple[list[str], list[int]
         with os.scandir(cpath) as it:
             names = sorted(e.name for e in it if e.is_file())
         for n in names:
-            if n.lower().endswith(IMAGE_EXTS):
+            if n.lower().endswith(UNIVERSITY_EXTS):
                 paths.append(os.path.join(cpath, n))
                 classes.append(cid)
             else:

@@ -26,7 +26,7 @@ import torch
 from s4g_train.device import autocast_context, synchronize
 from s4g_train.losses import make_loss
 from s4g_train.model import ModelConfig, S4GModel
-from s4g_train.step import Encoder
+from s4g_train.step import PairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def model_step(model_cfg: ModelConfig, *, batch: int, device: torch.device, amp_
     model = S4GModel(model_cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    enc = Encoder(model, channels_last)
+    enc = PairEncoder(model, channels_last)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, **fused)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
