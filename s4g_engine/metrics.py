@@ -8,7 +8,8 @@ All recall figures are in percent, like the paper.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
