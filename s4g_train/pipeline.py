@@ -212,15 +212,16 @@ class _City:
 def _read_city(dataset: str, world: Path, n_queries: int) -> _City:
     from s4g_engine.datasets import load_split
 
+    world = Path(world).resolve()  # the readers return absolute paths; a relative run dir must not break ids
     test = load_split(dataset, str(world), "test")
     tiles: dict[str, np.ndarray] = {}
     for sp in (load_split(dataset, str(world), "train"), test):
         for path, gps in zip(sp.references, sp.reference_gps):
             tiles.setdefault(path, gps)  # a tile shared by both splits (VIGOR same-area) is indexed once
     paths = list(tiles)
-    ids = [Path(p).relative_to(world).as_posix() for p in paths]
+    ids = [Path(p).resolve().relative_to(world).as_posix() for p in paths]
     q = min(n_queries, len(test.queries))
-    truth = [Path(test.references[int(i)]).relative_to(world).as_posix() for i in test.positive[:q]]
+    truth = [Path(test.references[int(i)]).resolve().relative_to(world).as_posix() for i in test.positive[:q]]
     return _City(world, paths, np.stack([tiles[p] for p in paths]), ids, list(test.queries[:q]), truth,
                  np.asarray(test.query_gps[:q]))
 

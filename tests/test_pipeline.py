@@ -91,3 +91,19 @@ def test_a_run_folder_of_another_config_or_the_training_seed_is_refused(
     assert "another config" in err and "optim.lr" in err
     assert main(_args(tmp, "--demo-seed", "0")) == 2
     assert "seed of the training world" in capsys.readouterr().err
+
+
+def test_the_city_reads_from_a_relative_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command runs with the default, relative run dir (runs/synthetic): the demo city's tile ids
+    must come out the same as from an absolute path (the readers return absolute paths; a relative world path
+    made Path.relative_to fail after training)."""
+    from s4g_synth import generate_dataset
+    from s4g_train.pipeline import _read_city
+
+    world = generate_dataset("cvusa", tmp_path / "runs" / "city", pairs=12, seed=5, tile_size=64,
+                             pano_size=(32, 128), workers=1)
+    monkeypatch.chdir(tmp_path)
+    relative = _read_city("cvusa", Path(world).relative_to(tmp_path), 3)
+    absolute = _read_city("cvusa", Path(world), 3)
+    assert relative.ids == absolute.ids and relative.truth_ids == absolute.truth_ids
+    assert len(relative.ids) == 12 and all(not i.startswith("/") for i in relative.ids)
