@@ -200,6 +200,10 @@ def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
             found += [(node.lineno, node.module)] if node.module else []
             if node.level:  # ``from . import test_x``
                 found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if callee in ("importorskip", "import_module") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))  # pytest.importorskip("m"), importlib's too
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "import" in node.value:
             try:
                 inner = ast.parse(textwrap.dedent(node.value))
@@ -228,7 +232,8 @@ def test_no_test_module_imports_another() -> None:
 
 
 def test_the_checker_finds_test_module_imports(tmp_path: Path) -> None:
-    """Module-level, lazy, aliased, relative and subprocess-script imports are found; helpers are not flagged."""
+    """Module-level, lazy, aliased, relative, importorskip and subprocess-script imports are found; helpers are not
+    flagged."""
     b = "test_b"  # f-strings, so that this file's own string constants import no test module
     _write(tmp_path, {
         "test_a.py": f"import {b}\nfrom helpers.layouts import make_cvusa\n",
@@ -236,7 +241,8 @@ def test_the_checker_finds_test_module_imports(tmp_path: Path) -> None:
         "test_d.py": f"from . import {b}\nimport os.path as test_e\nfrom pkg import test_f\n",
         "helpers/run.py": f'SCRIPT = """\nimport sys\nfrom {b} import x\n"""\nTEXT = "not code: import it"\n',
         "test_b.py": "import helpers.training\n",
+        "test_g.py": f"import pytest\nx = pytest.importorskip('{b}')\ny = pytest.importorskip('helpers.gallery')\n",
     })
     assert imports_of_test_modules(tmp_path) == [
         "helpers/run.py:3 imports test_b", "test_a.py:1 imports test_b", "test_c.py:2 imports test_b",
-        "test_d.py:1 imports test_b"]
+        "test_d.py:1 imports test_b", "test_g.py:2 imports test_b"]

@@ -63,7 +63,8 @@ def test_build_and_localise_json_and_geojson(bundle, tiles, tmp_path, capsys):
 
 
 def test_build_from_a_dataset_split(bundle, tmp_path, capsys):
-    layouts = pytest.importorskip("layouts")
+    from helpers import layouts
+
     root = tmp_path / "CVUSA"
     layouts.make_cvusa(root, n_train=3, n_test=5)
     idx = tmp_path / "cvusa.npz"
