@@ -1,4 +1,5 @@
-"""``s4g-train``: Sample4Geo training (docs/METHOD.md §2–§5) with GPS / DSS batch construction, DDP, exact resume.
+"""The training run behind ``s4g-train`` (docs/METHOD.md §2–§5): GPS / DSS batch construction, DDP, exact resume.
+Its command line is :mod:`s4g_train.train_cli`.
 
 The trainer orchestrates; each concern has its own module: the batches of every epoch come from one
 :class:`s4g_train.schedule.BatchSchedule`, the optimisation step from :class:`s4g_train.step.TrainStep`,
@@ -19,9 +20,7 @@ the EMA state. ``--resume RUN_DIR`` continues bit-identically.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,24 +29,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from s4g_engine.console import cli_main
-from s4g_engine.errors import S4GError, StateError
-from s4g_engine.logs import setup_logging
+from s4g_engine.errors import StateError
 from s4g_train import checkpoint as ckpt
 from s4g_train import dist
 from s4g_train.budget import TimeBudget
-from s4g_train.config import Config, apply_dict, build_config, load_yaml, save_yaml, selection, set_override, \
-    split_cli_overrides, validate
+from s4g_train.config import Config, save_yaml, selection
 from s4g_train.data import ImageStore, PairedTrainDataset, data_contract
 from s4g_train.dataprep import prepare_data
 from s4g_train.device import configure_backends, cuda_search_available, pick_amp, pick_device, use_channels_last, \
     use_device_preprocess
 from s4g_train.ema import restore_ema
-from s4g_train.evaluate import embed_training_pairs, evaluate_split, format_table, subset_split, torch_embed_fns
+from s4g_train.evaluate import embed_training_pairs, evaluate_split, subset_split, torch_embed_fns
 from s4g_train.feed import TrainFeed
-from s4g_train.health import EXIT_COLLAPSED, TrainingCollapsed, monitor_for_run
+from s4g_train.health import monitor_for_run
 from s4g_train.model import S4GModel
-from s4g_train.parsers import train_parser
 from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
 from s4g_train.schedule import BatchSchedule, batch_gps_m, gps_table
@@ -426,87 +421,18 @@ def _epochs_mismatch(path: Path, saved: int, now: int, legacy: bool) -> str:
             "fine-tunes from its weights)")
 
 
-# ----------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest, overrides = split_cli_overrides(argv)
-    return train_parser().parse_args(rest), overrides  # torch-free parser: s4g_train.parsers
+# The command line (argument parsing, presets and --set overrides, main) lives in s4g_train.train_cli.
+# ``s4g_train.trainer.main`` and ``parse_args`` stay importable from here, and ``python -m s4g_train.trainer``
+# (torchrun) still starts a run; they are looked up lazily because train_cli imports this module.
+def __getattr__(name: str) -> Any:
+    if name in ("main", "parse_args"):
+        from s4g_train import train_cli
 
-
-def _resolve(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> tuple[Config, Path] | str:
-    """(config, run folder), or the message of a command-line mistake."""
-    for flag, key, val in (("--init", "train.init", args.init), ("--backbone", "train.init_backbone", args.backbone),
-                           ("--allow-partial", "train.init_allow_partial", "true" if args.allow_partial else None)):
-        if val is not None:
-            if args.resume:
-                return f"{flag} starts a new run; it cannot be combined with --resume"
-            overrides.append((key, val))
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            return f"{run_dir}/checkpoints/last.pt does not exist: nothing to resume"
-        cfg = Config()
-        apply_dict(cfg, load_yaml(run_dir / "config.yaml"))
-        for k, v in overrides:
-            set_override(cfg, k, v)
-        validate(cfg)
-        return cfg, run_dir
-    cfg = build_config(args.preset, args.config, overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.train.runs_dir) / cfg.train.name
-    if not args.print_config and (run_dir / "checkpoints" / "last.pt").exists():
-        return f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir"
-    return cfg, run_dir
-
-
-@cli_main("s4g-train")  # user errors: one line + exit 2 (--debug: traceback)
-def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
-    resolved = _resolve(args, overrides)
-    if isinstance(resolved, str):
-        print(f"s4g-train: {resolved}", file=sys.stderr)
-        return 2
-    cfg, run_dir = resolved
-    if args.print_config:
-        import yaml
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return 0
-    info = init_dist(cfg)
-    setup_logging(args.verbose, rank=info.rank)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        tr = Trainer(cfg, run_dir, resume=bool(args.resume), dist_info=info)
-    except S4GError as exc:
-        if not args.resume:
-            raise
-        # a run that cannot be continued as asked (changed settings, old layout, corrupt state): why and what to do
-        print(f"s4g-train: cannot resume {run_dir}: {exc}", file=sys.stderr)
-        if info.distributed:
-            dist.cleanup()
-        return 2
-    try:
-        finished = tr.fit()
-        if finished:
-            res = tr.finish(evaluate=cfg.train.final_eval)
-            if tr.main and res:
-                print(f"\n{cfg.data.dataset} ({tr.eval_split.split} split, {len(tr.eval_split.queries)} queries, "
-                      f"{len(tr.eval_split.references)} references) after {tr.epoch} epochs, "
-                      f"{tr.elapsed() / 60:.1f} min:")
-                print(format_table({cfg.train.name: res}))
-            if tr.main:
-                print(f"final model: {run_dir / 'checkpoints' / 'final.pt'} — {tr.selection_note()}")
-        elif not finished and tr.main:
-            why = f"the time budget train.time_budget_min={cfg.train.time_budget_min} was reached; the run was " \
-                "cut, not shortened" if tr.stop_reason == "time_budget" else "train.stop_after_epochs"
-            print(f"stopped after {tr.epoch} of {tr.epochs} epochs ({why}); continue with "
-                  f"s4g-train --resume {run_dir}")
-    except TrainingCollapsed as exc:
-        if tr.main:
-            print(f"s4g-train: {exc}", file=sys.stderr)
-        return EXIT_COLLAPSED
-    finally:
-        tr.close()
-    return 0
+        return getattr(train_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from s4g_train.train_cli import main
+
     raise SystemExit(main())
