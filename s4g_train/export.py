@@ -173,6 +173,41 @@ def parity(model: S4GModel, path: Path, size: tuple[int, int], *, threshold: flo
     return {"min_cosine": worst, "max_rel_features": feat_err}
 
 
+def _export_view(model: S4GModel, half_model: S4GModel | None, view: str, spec: Any, tmp: Path, *, opset: int,
+                 outputs: list[str], weights: str, with_features: bool,
+                 int8_batches: list[np.ndarray] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graphs of one view in ``tmp`` (fp32, optional int8 and fp16), each checked against the eager model;
+    returns (the view's config.json entry, its parity figures)."""
+    vcfg = {**spec.to_config(), "input_name": "image"}
+    size = spec.input_size
+    dummy = torch.randn(2, 3, *size)
+    f32 = tmp / f"{view}.onnx"
+    log.info("exporting %s view %s → %s", view, size, f32.name)
+    _export_onnx(EmbedGraph(model, with_features=with_features).eval(), dummy, f32, opset, outputs)
+    int8 = None
+    if int8_batches is not None:  # quantised from the float32 weights
+        from s4g_train.cpu_int8 import quantize_view
+
+        int8 = quantize_view(model, f32, tmp / f"{view}.int8.onnx", int8_batches)
+    if weights == "fp16":
+        _fp16_weights(f32)
+    par: dict[str, Any] = {"fp32": parity(model, f32, size, threshold=PARITY_FP32, with_features=with_features)}
+    vfiles: dict[str, Any] = {"fp32": f32.name}
+    if int8 is not None:
+        par["int8"] = int8
+        if int8["kept"]:
+            vfiles["int8"] = f"{view}.int8.onnx"
+    if half_model is not None:
+        f16 = tmp / f"{view}.fp16.onnx"
+        _export_onnx(EmbedGraph(half_model, half=True, with_features=with_features).eval(), dummy, f16,
+                     opset, outputs)
+        par["fp16"] = parity(model, f16, size, threshold=PARITY_FP16, with_features=with_features)
+        vfiles["fp16"] = f16.name
+    vcfg["files"] = vfiles
+    vcfg["outputs"] = outputs
+    return vcfg, par
+
+
 def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = False, weights: str = "fp32",
                   with_features: bool = False, opset: int = MIN_OPSET, contract: DataContract | None = None,
                   provenance: dict[str, Any] | None = None, tensorrt: dict[str, Any] | None = None,
@@ -207,34 +242,9 @@ def export_bundle(model: S4GModel, out: str | os.PathLike[str], *, fp16: bool = 
         par: dict[str, Any] = {}
         half_model = copy.deepcopy(model).half().eval() if fp16 else None
         for view in ("ground", "aerial"):
-            vcfg = {**contract[view].to_config(), "input_name": "image"}
-            size = contract[view].input_size
-            dummy = torch.randn(2, 3, *size)
-            f32 = tmp / f"{view}.onnx"
-            log.info("exporting %s view %s → %s", view, size, f32.name)
-            _export_onnx(EmbedGraph(model, with_features=with_features).eval(), dummy, f32, opset, outputs)
-            int8 = None
-            if cpu_int8 is not None and view in cpu_int8:  # quantised from the float32 weights
-                from s4g_train.cpu_int8 import quantize_view
-
-                int8 = quantize_view(model, f32, tmp / f"{view}.int8.onnx", cpu_int8[view])
-            if weights == "fp16":
-                _fp16_weights(f32)
-            par[view] = {"fp32": parity(model, f32, size, threshold=PARITY_FP32, with_features=with_features)}
-            vfiles: dict[str, Any] = {"fp32": f32.name}
-            if int8 is not None:
-                par[view]["int8"] = int8
-                if int8["kept"]:
-                    vfiles["int8"] = f"{view}.int8.onnx"
-            if half_model is not None:
-                f16 = tmp / f"{view}.fp16.onnx"
-                _export_onnx(EmbedGraph(half_model, half=True, with_features=with_features).eval(), dummy, f16,
-                             opset, outputs)
-                par[view]["fp16"] = parity(model, f16, size, threshold=PARITY_FP16, with_features=with_features)
-                vfiles["fp16"] = f16.name
-            vcfg["files"] = vfiles
-            vcfg["outputs"] = outputs
-            views[view] = vcfg
+            views[view], par[view] = _export_view(model, half_model, view, contract[view], tmp, opset=opset,
+                                                  outputs=outputs, weights=weights, with_features=with_features,
+                                                  int8_batches=(cpu_int8 or {}).get(view))
         if tensorrt is not None:
             from s4g_train import tensorrt_build
 

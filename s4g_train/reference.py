@@ -278,6 +278,46 @@ def _fmt_keys(title: str, keys: list[str]) -> str:
     return f"{title} ({len(keys)}):\n    " + "\n    ".join(keys) if keys else ""
 
 
+def _match_state(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+                 ) -> tuple[list[str], list[str], list[str], dict[str, torch.Tensor], float]:
+    """(missing, unexpected, shape mismatches, loadable tensors, loaded fraction of the parameter elements)."""
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in sd and sd[k].shape != own[k].shape
+    )
+    loadable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    total = sum(v.numel() for v in own.values())
+    loaded_fraction = sum(own[k].numel() for k in loadable) / max(total, 1)
+    return missing, unexpected, mismatched, loadable, loaded_fraction
+
+
+def _refuse_or_warn_partial(problems: str, *, source: str, backbone: str, inferred: bool,
+                            sd: Mapping[str, torch.Tensor], loaded: int, total: int, loaded_fraction: float,
+                            allow_partial: bool) -> None:
+    """A checkpoint that does not match the model: ``ValueError`` saying what to do, or (``allow_partial`` and
+    enough of the parameters load) a warning."""
+    head = (f"checkpoint {source} does not match backbone {backbone!r}"
+            f"{' (inferred from its shapes)' if inferred else ''}; {loaded}/{total} tensors "
+            f"({100 * loaded_fraction:.1f}% of the parameters) would load.\n{problems}")
+    if not inferred:
+        guess = infer_backbone(sd)
+        if guess is not None and guess != backbone:
+            head += f"\nThe checkpoint's shapes match timm backbone {guess!r} exactly."
+    if not allow_partial:
+        raise ValueError(
+            head + "\nFix: pass the backbone the checkpoint was trained with (--backbone NAME), or, to "
+            "fine-tune from a related architecture on purpose, allow a partial load (--allow-partial)."
+        )
+    if loaded_fraction < MIN_PARTIAL_FRACTION:
+        raise ValueError(
+            head + f"\nRefusing even with allow_partial: less than {100 * MIN_PARTIAL_FRACTION:.0f}% of the "
+            "parameters would come from the checkpoint, i.e. the model would be mostly random."
+        )
+    log.warning("PARTIAL load (allow_partial=True): %s", head)
+
+
 def load_reference(
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     *,
@@ -322,15 +362,7 @@ def load_reference(
     )
     model = S4GModel(cfg)
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own if k in sd and sd[k].shape != own[k].shape
-    )
-    loadable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
-    total = sum(v.numel() for v in own.values())
-    loaded_fraction = sum(own[k].numel() for k in loadable) / max(total, 1)
+    missing, unexpected, mismatched, loadable, loaded_fraction = _match_state(sd, own)
     info: dict[str, Any] = {
         "source": source, "backbone": backbone, "backbone_inferred": inferred, "prefix_stripped": stripped,
         "wrapper": wrapper, "missing": missing, "unexpected": unexpected, "mismatched": mismatched,
@@ -342,24 +374,9 @@ def load_reference(
         _fmt_keys("shape mismatches", mismatched),
     ) if s)
     if problems:
-        head = (f"checkpoint {source} does not match backbone {backbone!r}"
-                f"{' (inferred from its shapes)' if inferred else ''}; {len(loadable)}/{len(own)} tensors "
-                f"({100 * loaded_fraction:.1f}% of the parameters) would load.\n{problems}")
-        if not inferred:
-            guess = infer_backbone(sd)
-            if guess is not None and guess != backbone:
-                head += f"\nThe checkpoint's shapes match timm backbone {guess!r} exactly."
-        if not allow_partial:
-            raise ValueError(
-                head + "\nFix: pass the backbone the checkpoint was trained with (--backbone NAME), or, to "
-                "fine-tune from a related architecture on purpose, allow a partial load (--allow-partial)."
-            )
-        if loaded_fraction < MIN_PARTIAL_FRACTION:
-            raise ValueError(
-                head + f"\nRefusing even with allow_partial: less than {100 * MIN_PARTIAL_FRACTION:.0f}% of the "
-                "parameters would come from the checkpoint, i.e. the model would be mostly random."
-            )
-        log.warning("PARTIAL load (allow_partial=True): %s", head)
+        _refuse_or_warn_partial(problems, source=source, backbone=backbone, inferred=inferred, sd=sd,
+                                loaded=len(loadable), total=len(own), loaded_fraction=loaded_fraction,
+                                allow_partial=allow_partial)
     model.load_state_dict(loadable, strict=not problems)
     model.eval()
     log.info("loaded reference checkpoint %s into %s (%s; prefix 'module.' %s)", source, backbone,

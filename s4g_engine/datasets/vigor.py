@@ -130,22 +130,10 @@ def _read_label_file(path: Path) -> tuple[list[str], list[list[str]], np.ndarray
     return panos, sats, deltas, lines
 
 
-def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
-               metres_per_pixel: float | None = None) -> CrossViewSplit:
-    """Read a VIGOR split (``name`` = vigor-same | vigor-cross; ``split`` = train | test, val = test)."""
-    if split == "val":
-        logger.info("VIGOR has no validation split; 'val' reads the test split (as the reference does)")
-        split_file_split = "test"
-    elif split in ("train", "test"):
-        split_file_split = split
-    else:
-        raise InputError(f"{name} has splits ['test', 'train'] ('val' = 'test'), got {split!r}")
-    mpp = float(metres_per_pixel) if metres_per_pixel is not None else read_metres_per_pixel(root)
-    cities, label_name = cities_for(name, split_file_split)
-    index = DirIndex()
-    skipped: dict = {}
-
-    # ---- gallery: every tile of the split's cities -------------------------------------------------
+def _read_gallery(root: Path, cities: tuple[str, ...], index: DirIndex
+                  ) -> tuple[list[str], list[np.ndarray], dict[str, dict[str, int]], dict[str, set[str]], list[str]]:
+    """Every tile of the cities' ``satellite_list.txt`` → (paths of the existing tiles, their (lat, lon) per city,
+    city → tile name → reference index, city → every listed name, missing tiles)."""
     ref_paths: list[str] = []
     ref_gps: list[np.ndarray] = []
     tile_index: dict[str, dict[str, int]] = {}    # city -> tile name -> reference index (existing tiles)
@@ -166,9 +154,16 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
         ref_paths.extend(base + nm for nm in kept)
         ref_gps.append(gps[ok])
         missing_tiles.extend(f"{city}/satellite/{nm}" for nm, o in zip(names, ok, strict=True) if not o)
-    missing_images(skipped, "missing_reference_images", missing_tiles, strict, name, root)
+    return ref_paths, ref_gps, tile_index, listed, missing_tiles
 
-    # ---- queries ---------------------------------------------------------------------------------
+
+def _read_queries(root: Path, cities: tuple[str, ...], label_name: str, listed: dict[str, set[str]],
+                  tile_index: dict[str, dict[str, int]], index: DirIndex) -> tuple[
+                      list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], list[str],
+                      int, int]:
+    """The panoramas of the cities' label files whose positive tile exists → (paths, (lat, lon), positive and
+    semi-positive reference ids, offsets, missing panoramas, panoramas dropped for a missing positive tile,
+    semi-positive entries dropped for a missing tile), per city."""
     q_paths: list[str] = []
     q_gps: list[np.ndarray] = []
     pos: list[np.ndarray] = []
@@ -201,6 +196,27 @@ def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
         pos.append(idx[keep, 0])
         semi.append(idx[keep, 1:])
         offs.append(deltas[keep])
+    return q_paths, q_gps, pos, semi, offs, missing_panos, lost_positive, lost_semi
+
+
+def load_vigor(root: Path, name: str, split: str, *, strict: bool = False,
+               metres_per_pixel: float | None = None) -> CrossViewSplit:
+    """Read a VIGOR split (``name`` = vigor-same | vigor-cross; ``split`` = train | test, val = test)."""
+    if split == "val":
+        logger.info("VIGOR has no validation split; 'val' reads the test split (as the reference does)")
+        split_file_split = "test"
+    elif split in ("train", "test"):
+        split_file_split = split
+    else:
+        raise InputError(f"{name} has splits ['test', 'train'] ('val' = 'test'), got {split!r}")
+    mpp = float(metres_per_pixel) if metres_per_pixel is not None else read_metres_per_pixel(root)
+    cities, label_name = cities_for(name, split_file_split)
+    index = DirIndex()
+    skipped: dict = {}
+    ref_paths, ref_gps, tile_index, listed, missing_tiles = _read_gallery(root, cities, index)
+    missing_images(skipped, "missing_reference_images", missing_tiles, strict, name, root)
+    q_paths, q_gps, pos, semi, offs, missing_panos, lost_positive, lost_semi = _read_queries(
+        root, cities, label_name, listed, tile_index, index)
     missing_images(skipped, "missing_query_images", missing_panos, strict, name, root)
     if lost_positive:
         skipped["positive_tile_missing"] = lost_positive
