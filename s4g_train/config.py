@@ -7,7 +7,9 @@ checkpoint, so a run can be rebuilt from its folder alone.
 
 Values given on the command line are parsed as YAML scalars (``3e-4`` → float, ``[64, 256]`` → list,
 ``null`` → None, ``true`` → bool) and then coerced to the field's declared type; a wrong type or an unknown
-field raises ``ValueError`` naming the field, what was expected and what came.
+field raises ``ValueError`` naming the field, what was expected and what came. Files and ``--set`` values
+are read by :mod:`s4g_train.config_yaml`, which keeps ``on``/``off``/``yes``/``no`` as the words they are
+until the field's type decides (``train.amp=off`` means ``off``; ``train.compile=yes`` means true).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any
 import yaml
 
 from s4g_engine.datasets import DATASET_NAMES as DATASETS
-from s4g_engine.errors import FormatError, InputError, MissingFileError
+from s4g_engine.errors import InputError
 from s4g_engine.fileio import atomic_write_text
 from s4g_engine.geo import GPS_METRICS
+from s4g_train.config_yaml import Yaml11Bool, load_yaml, untyped, yaml_load
 from s4g_train.health import COLLAPSE_ACTIONS
 from s4g_train.losses import LOSSES
 from s4g_train.model import ModelConfig
@@ -203,6 +206,13 @@ def _field_types(obj: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(obj))
 
 
+def _finite(f: float, value: Any, where: str) -> float:
+    """``f``, or an :class:`InputError` for nan/inf (a learning rate of nan would train nothing, silently)."""
+    if f != f or f in (float("inf"), float("-inf")):
+        raise InputError(f"{where}: expected a finite number, got {value!r}")
+    return f
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Coerce a YAML-parsed value to the annotated type ``tp`` (or raise InputError, a ValueError)."""
     origin = typing.get_origin(tp)
@@ -220,7 +230,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise InputError(errors[0] if errors else f"{where}: cannot be {value!r}")
     if tp is Any:
-        return value
+        return untyped(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: expected a list of {len(args)} values like [64, 256], got {value!r}")
@@ -236,28 +246,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        return untyped(dict(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, Yaml11Bool):
+            return value.value
         raise InputError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if tp is int:  # float.is_integer() is False for inf and nan too (int() would raise on them)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
             raise InputError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    f = float(value)
                 except ValueError:
-                    pass
+                    f = None
+                if f is not None:
+                    return _finite(f, value, where)
             raise InputError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(float(value), value, where)
     if tp is str:
+        if isinstance(value, bool):
+            raise InputError(f"{where}: expected a word, got the boolean {str(value).lower()}; write the word the "
+                             "field takes (e.g. train.amp=off), quoted if in doubt")
         if not isinstance(value, str):
-            raise InputError(f"{where}: expected a string, got {value!r}")
-        return value
+            raise InputError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return str.__str__(value)  # a plain str, also for a Yaml11Bool
     raise InputError(f"{where}: unsupported field type {tp!r}")
 
 
@@ -285,34 +303,13 @@ def set_override(cfg: Config, dotted: str, raw: str) -> None:
     if len(parts) < 2:
         raise InputError(f"override {dotted!r}: expected section.field=value, e.g. optim.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise InputError(f"override {dotted}={raw!r}: not a valid YAML value ({exc})") from exc
     nested: Any = value
     for p in reversed(parts[1:]):
         nested = {p: nested}
     apply_dict(cfg, {parts[0]: nested})
-
-
-def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a folder" if p.is_dir() else "does not exist"
-        raise MissingFileError(f"config file {str(p)!r} {what}; expected a YAML file")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is fine
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise FormatError(f"{p}:{line}: expected UTF-8 text, got byte 0x{data[exc.start]:02x} (Latin-1?); "
-                          "re-save the file as UTF-8") from None
-    try:
-        d = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise FormatError(f"{p}: not valid YAML: {exc}") from exc
-    if not isinstance(d, dict):
-        raise FormatError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
-    return d
 
 
 def preset_names() -> list[str]:
@@ -398,6 +395,7 @@ def validate(cfg: Config) -> None:
     if t.init is not None and not os.path.isfile(t.init):
         bad(f"train.init={t.init!r}: no such checkpoint file; give our best.pt/last.pt or a published .pth")
     _validate_eval(cfg, bad)
+    _validate_counts(cfg, bad)
     for name, size in (("model.ground_size", cfg.model.ground_size), ("model.aerial_size", cfg.model.aerial_size)):
         if len(size) != 2 or min(size) < 8:
             bad(f"{name}={list(size)}: expected [H, W] with both ≥ 8")
@@ -410,6 +408,17 @@ def validate(cfg: Config) -> None:
     if a.rotate_p > 0 and cfg.model.ground_size[1] % 4:
         bad(f"model.ground_size={list(cfg.model.ground_size)}: panorama width must be divisible by 4 so that "
             "rot90 of the tile matches a roll of W/4 columns; pick a width like 256 or 768")
+
+
+def _validate_counts(cfg: Config, bad: Any) -> None:
+    """Counts that must be positive (or >= 0) when set; 0 or a negative value would fail only mid-run."""
+    t = cfg.train
+    for name, v, low in (("eval.batch_size", cfg.eval.batch_size, 1), ("data.num_workers", cfg.data.num_workers, 0),
+                         ("train.threads", t.threads, 1), ("train.steps_per_epoch", t.steps_per_epoch, 1),
+                         ("train.save_every_steps", t.save_every_steps, 1),
+                         ("train.stop_after_epochs", t.stop_after_epochs, 1)):
+        if v is not None and v < low:
+            bad(f"{name}={v}: expected an integer >= {low}" + (" (or null)" if name.startswith("train.") else ""))
 
 
 def _validate_eval(cfg: Config, bad: Any) -> None:
