@@ -25,14 +25,18 @@ the projection is NaN (no value), so overlays leave the tile untouched there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from s4g_engine.preprocess import DataContract
 
 log = logging.getLogger(__name__)
 
@@ -229,29 +233,31 @@ def check_view_shape(image_hw: tuple[int, int], expected_hw: tuple[int, int], vi
 class TorchSource:
     """Heatmaps from a torch :class:`~s4g_train.model.S4GModel` (both map modes).
 
-    Images are decoded and resized exactly as evaluation does (``s4g_train.data``). ``ground_size`` /
-    ``aerial_size`` override the model's configured input sizes (reference checkpoints do not store them).
+    Images are decoded, resized and normalised as the model was trained and is evaluated: with the data contract
+    (:class:`s4g_engine.preprocess.DataContract`: interpolation, JPEG draft, mean/std) given as ``contract``, else
+    the one of the checkpoint's training config ``train_config`` (:func:`s4g_train.data.checkpoint_contract`;
+    without one, e.g. a reference checkpoint, the defaults). ``ground_size`` / ``aerial_size`` override the
+    input sizes (reference checkpoints do not store them).
     """
 
     modes = MODES
 
     def __init__(self, model: nn.Module, *, ground_size: tuple[int, int] | None = None,
                  aerial_size: tuple[int, int] | None = None, batch_size: int = 16,
-                 device: str | torch.device = "cpu") -> None:
-        from s4g_train.data import polar_source_size
+                 device: str | torch.device = "cpu", contract: DataContract | None = None,
+                 train_config: Mapping[str, Any] | None = None) -> None:
+        from s4g_train.data import checkpoint_contract, polar_source_size
 
         self.device = torch.device(device)
         self.model = model.float().eval().to(self.device)
-        cfg = model.cfg
-        self.ground_size = tuple(int(v) for v in (ground_size or cfg.ground_size))
-        self.aerial_size = tuple(int(v) for v in (aerial_size or cfg.aerial_size))
-        self.polar = bool(cfg.polar_aerial)
+        contract = contract or checkpoint_contract(model, train_config)
+        self.contract = contract
+        self.ground_size = tuple(int(v) for v in (ground_size or contract.ground.input_size))
+        self.aerial_size = tuple(int(v) for v in (aerial_size or contract.aerial.input_size))
+        self.polar = bool(contract.aerial.polar)
         self.tile_size = polar_source_size(self.aerial_size) if self.polar else self.aerial_size
-        dc = model.data_config()
-        self.mean, self.std = dc["mean"], dc["std"]
-        self.interpolation = "bilinear"  # as s4g-eval (ViewDataset's default) and s4g-export's default contract
         self.batch_size = int(batch_size)
-        self.name = f"checkpoint ({cfg.backbone})"
+        self.name = f"checkpoint ({model.cfg.backbone})"
 
     def _decode(self, path: str, size: tuple[int, int], view: str, expected: tuple[int, int]) -> np.ndarray:
         from PIL import Image
@@ -262,21 +268,24 @@ class TorchSource:
             raise FileNotFoundError(f"{view} image {str(path)!r} does not exist")
         with Image.open(path) as im:  # only the header: check the shape before the full decode
             check_view_shape((im.height, im.width), expected, view, repr(str(path)))
-        return load_image(str(path), size, interpolation=self.interpolation)
+        spec = self.contract[view]  # the resize filter and JPEG draft decoding of training and s4g-eval
+        return load_image(str(path), size, draft=spec.jpeg_draft, interpolation=spec.interpolation)
 
     def load_ground(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """→ (uint8 ``(Hg, Wg, 3)`` as fed, float32 ``(3, Hg, Wg)`` network input)."""
         from s4g_train.data import to_tensor
 
         img = self._decode(path, self.ground_size, "ground", self.ground_size)
-        return img, to_tensor(img, self.mean, self.std).numpy()
+        g = self.contract.ground
+        return img, to_tensor(img, g.mean, g.std).numpy()
 
     def load_aerial(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """→ (uint8 tile ``(A, A, 3)`` north up, float32 network input (polar ``(3, Ha, Wa)`` if polar))."""
         from s4g_train.data import polar_tensor, to_tensor
 
         img = self._decode(path, self.tile_size, "aerial", self.tile_size)
-        x = polar_tensor(img, self.aerial_size, self.mean, self.std) if self.polar else to_tensor(img, self.mean, self.std)
+        a = self.contract.aerial
+        x = polar_tensor(img, self.aerial_size, a.mean, a.std) if self.polar else to_tensor(img, a.mean, a.std)
         return img, x.numpy()
 
     @torch.no_grad()

@@ -77,7 +77,8 @@ def open_source(*, checkpoint: str | None = None, bundle: str | None = None, bac
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TorchSource(model, ground_size=ground_size, aerial_size=aerial_size, device=device)
+    return TorchSource(model, ground_size=ground_size, aerial_size=aerial_size, device=device,
+                       train_config=info.get("config"))  # the run's data contract (interpolation, draft)
 
 
 def _square(tile_size: Sequence[int]) -> int | None:
