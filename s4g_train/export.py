@@ -14,7 +14,8 @@
   mean/std, interpolation, JPEG draft decoding, RGB, NCHW, polar), embed dim, backbone, sha256 per file, model
   fingerprint, parity figures and provenance (checkpoint, dataset, command, metrics). The contract is the
   training run's (:func:`s4g_train.data.checkpoint_contract`), so the engine preprocesses as training did.
-* ``tensorrt/<gpu>-trt<version>/<view>.engine`` (``--tensorrt``) — see :mod:`s4g_train.tensorrt_build`.
+* ``tensorrt/<gpu>-sm<cc>-trt<version>/<view>.engine`` (``<view>.int8.engine`` with ``--int8``; ``--tensorrt``) —
+  see :mod:`s4g_train.tensorrt_build`.
 
 Every graph is checked against the eager model on random inputs (batch 1 and 3) and the export fails if the
 cosine drops below 0.9999 (fp32) / 0.999 (fp16). The folder is assembled in a temporary directory beside

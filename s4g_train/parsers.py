@@ -64,7 +64,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=AMP_MODES)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--out", default=None, help="write metrics JSON here (default: <checkpoint>.eval-<split>.json)")
+    p.add_argument("--out", default=None,
+                   help="write metrics JSON here (default: <checkpoint>.eval-<dataset>-<split>.json)")
     p.add_argument("--save-embeddings", metavar="DIR", default=None,
                    help="write query_emb.npy, ref_emb.npy, positive.npy (+ semi_positives.npy) to DIR")
     add_debug_flag(p)

@@ -2,7 +2,7 @@
 recall@1/@10 of the in-process backends (exact core fp32/fp16, faiss IVF-PQ) and of Milvus Lite, each against
 the exact core index measured in the same run.
 
-``s4g-bench scale --sizes 1000000 10000000 --dims 1024 256``   (the lead's quiet-machine run)
+``s4g-bench scale --sizes 1000000 10000000 --dims 1024 256``   (the published figures, on a quiet machine)
 ``s4g-bench scale --quick``                                      (a smoke run: 20k and 100k, d=256)
 
 A size whose gallery does not fit the memory budget (``--max-gb``, default 60 % of the available memory: the
