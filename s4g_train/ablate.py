@@ -128,7 +128,7 @@ def run_outcome(run: Path) -> dict[str, Any] | None:
 
 def run_variant(preset: str | None, config: str | None, run: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
     """Train one (variant, seed) unless its folder already holds the outcome; returns :func:`run_outcome`."""
-    from s4g_train import train_cli
+    from s4g_train import trainer
 
     done = run_outcome(run)
     if done is not None:
@@ -142,7 +142,7 @@ def run_variant(preset: str | None, config: str | None, run: Path, overrides: li
     else:
         argv = [*(["--preset", preset] if preset else []), *(["--config", config] if config else []),
                 "--run-dir", str(run), *sets]
-    rc = train_cli.main(argv)
+    rc = trainer.main(argv)
     res = run_outcome(run)
     if res is None:
         raise RuntimeError(f"ablation run {run} failed (exit code {rc}); see its metrics.jsonl / log")

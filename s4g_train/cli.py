@@ -32,7 +32,7 @@ def _run(parser: Callable[[], argparse.ArgumentParser], module: str, argv: Seque
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``s4g-train``."""
-    return _run(parsers.train_parser, "s4g_train.train_cli", argv)
+    return _run(parsers.train_parser, "s4g_train.trainer", argv)
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0,
     return DistInfo(rank_, world, local, device, backend, True)
 
 
+def init_for_device(device: str) -> DistInfo:
+    """The process group of a run configured with ``train.device=device``: gloo when it is ``cpu`` (even on a
+    GPU machine), else on CUDA where it is available (:func:`init_distributed`)."""
+    return init_distributed(use_cuda=device != "cpu" and torch.cuda.is_available())
+
+
 def cleanup() -> None:
     """Tear the process group down: a barrier first — with gloo a rank may otherwise abort at exit while
     another still talks to it."""

@@ -1,8 +1,9 @@
-"""The ``s4g-train`` command line: arguments, preset / config file / ``--set`` overrides, resume checks, and the
-run itself through :class:`s4g_train.trainer.Trainer`.
+"""The ``s4g-train`` command line: arguments, preset / config file / ``--set`` overrides, resume checks, the
+process group, and the run with the trainer it is handed (:func:`run`).
 
-``s4g-train`` (:func:`s4g_train.cli.train_main`) answers ``--help`` without torch and calls :func:`main` here;
-``python -m s4g_train.trainer`` / ``python -m s4g_train.train_cli`` (what ``torchrun`` starts) do the same.
+The entry point is :func:`s4g_train.trainer.main` (``s4g-train``, after the torch-free ``--help`` of
+:func:`s4g_train.cli.train_main`; ``python -m s4g_train.trainer`` for torchrun), which calls :func:`run` with
+:class:`s4g_train.trainer.Trainer`: this module never imports the trainer, so the two form no import circle.
 Command-line mistakes are one line on stderr and exit code 2; a collapsed run exits with
 :data:`s4g_train.health.EXIT_COLLAPSED`.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from s4g_engine.console import cli_main
 from s4g_engine.errors import S4GError
 from s4g_engine.logs import setup_logging
 from s4g_train import dist
@@ -22,7 +24,9 @@ from s4g_train.config import Config, apply_dict, build_config, load_yaml, set_ov
 from s4g_train.evaluate import format_table
 from s4g_train.health import EXIT_COLLAPSED, TrainingCollapsed
 from s4g_train.parsers import train_parser
-from s4g_train.trainer import Trainer, init_dist
+
+if TYPE_CHECKING:  # pragma: no cover
+    from s4g_train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,9 @@ def _resolve(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> tupl
     return cfg, run_dir
 
 
-@cli_main("s4g-train")  # user errors: one line + exit 2 (--debug: traceback)
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None, trainer: Callable[..., Trainer]) -> int:
+    """Parse ``argv``, resolve the config and run folder, and train with ``trainer(cfg, run_dir, resume=...,
+    dist_info=...)``; returns the exit code."""
     args, overrides = parse_args(argv)
     resolved = _resolve(args, overrides)
     if isinstance(resolved, str):
@@ -70,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    info = init_dist(cfg)
+    info = dist.init_for_device(cfg.train.device)
     setup_logging(args.verbose, rank=info.rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        tr = Trainer(cfg, run_dir, resume=bool(args.resume), dist_info=info)
+        tr = trainer(cfg, run_dir, resume=bool(args.resume), dist_info=info)
     except S4GError as exc:
         if not args.resume:
             raise
@@ -107,6 +112,3 @@ def main(argv: list[str] | None = None) -> int:
         tr.close()
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

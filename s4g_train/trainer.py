@@ -1,5 +1,5 @@
 """The training run behind ``s4g-train`` (docs/METHOD.md §2–§5): GPS / DSS batch construction, DDP, exact resume.
-Its command line is :mod:`s4g_train.train_cli`.
+Its command line is :mod:`s4g_train.train_cli`; :func:`main` (the ``s4g-train`` entry point) joins the two.
 
 The trainer orchestrates; each concern has its own module: the batches of every epoch come from one
 :class:`s4g_train.schedule.BatchSchedule`, the optimisation step from :class:`s4g_train.step.TrainStep`,
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s4g_engine.console import cli_main
 from s4g_engine.errors import StateError
 from s4g_train import checkpoint as ckpt
-from s4g_train import dist
+from s4g_train import dist, train_cli
 from s4g_train.budget import TimeBudget
 from s4g_train.config import Config, save_yaml, selection
 from s4g_train.data import ImageStore, PairedTrainDataset, data_contract
@@ -47,14 +48,10 @@ from s4g_train.rng import capture_rng_state, restore_rng_state, seed_everything
 from s4g_train.runlog import MetricsLog
 from s4g_train.schedule import BatchSchedule, batch_gps_m, gps_table
 from s4g_train.step import TrainStep
+from s4g_train.train_cli import parse_args  # noqa: F401  (re-exported: s4g_train.trainer.parse_args)
 from s4g_train.valsplit import carve_validation
 
 log = logging.getLogger(__name__)
-
-
-def init_dist(cfg: Config) -> dist.DistInfo:
-    """The process group for ``cfg`` (gloo when the run is configured for the CPU, even on a GPU machine)."""
-    return dist.init_distributed(use_cuda=cfg.train.device != "cpu" and torch.cuda.is_available())
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -66,7 +63,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.budget = TimeBudget(cfg.train.time_budget_min, cfg.train.budget_clock)
         self.t_start = time.perf_counter()
-        self.info = dist_info if dist_info is not None else init_dist(cfg)
+        self.info = dist_info if dist_info is not None else dist.init_for_device(cfg.train.device)
         self.distributed, self.rank, self.world = self.info.distributed, self.info.rank, self.info.world_size
         self.main = self.rank == 0
         if cfg.train.batch_size % self.world:
@@ -421,18 +418,13 @@ def _epochs_mismatch(path: Path, saved: int, now: int, legacy: bool) -> str:
             "fine-tunes from its weights)")
 
 
-# The command line (argument parsing, presets and --set overrides, main) lives in s4g_train.train_cli.
-# ``s4g_train.trainer.main`` and ``parse_args`` stay importable from here, and ``python -m s4g_train.trainer``
-# (torchrun) still starts a run; they are looked up lazily because train_cli imports this module.
-def __getattr__(name: str) -> Any:
-    if name in ("main", "parse_args"):
-        from s4g_train import train_cli
-
-        return getattr(train_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+@cli_main("s4g-train")  # user errors: one line + exit 2 (--debug: traceback)
+def main(argv: list[str] | None = None) -> int:
+    """``s4g-train`` (also ``python -m s4g_train.trainer``, what torchrun starts): the command line of
+    :mod:`s4g_train.train_cli` running this module's :class:`Trainer` (handed over, so that the command-line
+    module does not import this one back)."""
+    return train_cli.run(argv, Trainer)
 
 
 if __name__ == "__main__":
-    from s4g_train.train_cli import main
-
     raise SystemExit(main())
