@@ -50,6 +50,8 @@ def check_image_path(path: Path) -> None:
         raise FileAccessError(f"image {str(path)!r}: {exc.strerror}; check its permissions") from None
     except OSError as exc:  # a name too long, a loop of symlinks, ...
         raise InputError(f"image {str(path)!r} cannot be opened ({exc.strerror}); expected an image file") from None
+    except ValueError as exc:  # a NUL byte in the name (os.stat refuses it)
+        raise InputError(f"image {str(path)!r} cannot be opened ({exc}); expected the path of an image file") from None
     if stat.S_ISDIR(st.st_mode):
         raise NotAFileError(f"image {str(path)!r} is a folder; expected an image file (pass the files inside it)")
     if not stat.S_ISREG(st.st_mode):

@@ -34,11 +34,19 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import DependencyError, InputError, ModelMismatchError, S4GError, StateError
+from s4g_engine.errors import (
+    DependencyError,
+    InputError,
+    MissingFileError,
+    ModelMismatchError,
+    S4GError,
+    StateError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,4 +345,9 @@ def create_index(dim: int, uri: str | None, *, fingerprint: str | None = None, c
 
 def open_index(uri: str, *, expected_fingerprint: str | None = None, expected_dim: int | None = None) -> MilvusIndex:
     """``ReferenceIndex.load(uri)`` of a Milvus gallery (the default collection)."""
+    # a Milvus Lite gallery (a file or, for newer Milvus Lite versions, a folder): opening a missing one would
+    # create an empty one
+    if not str(uri).startswith(_URI_PREFIXES) and not Path(uri).exists():
+        raise MissingFileError(f"Milvus Lite gallery {uri!r} does not exist; expected a .db written by "
+                               "`s4g-index build --index-backend milvus --uri FILE.db`")
     return MilvusIndex.open(uri, expected_fingerprint=expected_fingerprint, expected_dim=expected_dim)

@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import CorruptFileError, DependencyError, FormatError, InputError, MissingFileError, StateError
+from s4g_engine.errors import (
+    CorruptFileError,
+    DependencyError,
+    FormatError,
+    InputError,
+    MissingFileError,
+    NotAFileError,
+    StateError,
+)
 from s4g_engine.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -77,7 +85,10 @@ def _read_parquet_list(path: Path, images_dir: Path) -> tuple[list[str], np.ndar
     from s4g_engine.datasets._io import check_relative
     from s4g_engine.index import validate_coords
 
-    _, pq = import_pyarrow()
+    pa, pq = import_pyarrow()
+    if path.is_dir():
+        raise NotAFileError(f"tile list {str(path)!r} is a folder; expected a Parquet file with columns image, lat, "
+                            "lon[, id]")
     if not path.is_file():
         raise MissingFileError(f"tile list {str(path)!r} does not exist; expected a Parquet file with columns "
                                "image, lat, lon[, id]")
@@ -91,17 +102,29 @@ def _read_parquet_list(path: Path, images_dir: Path) -> tuple[list[str], np.ndar
     missing = [k for k in ("image", "lat", "lon") if col[k] is None]
     if missing:
         raise FormatError(f"{path}: columns {table.column_names} lack {missing}; expected image, lat, lon[, id]")
-    rel = [str(v) for v in table.column(col["image"]).to_pylist()]
-    coords = validate_coords(np.stack([table.column(col["lat"]).to_numpy(), table.column(col["lon"]).to_numpy()],
-                                      axis=1), len(rel))
-    ids = [str(v) for v in table.column(col["id"]).to_pylist()] if col["id"] else list(rel)
-    paths = []
-    for i, r in enumerate(rel):
+    rel = table.column(col["image"]).to_pylist()
+    for k in ("lat", "lon"):  # a boolean column would pass as 0/1 degrees
+        if pa.types.is_boolean(table.column(col[k]).type):
+            raise FormatError(f"{path}: column {col[k]!r} holds booleans; expected {k} in degrees (numbers)")
+    try:
+        coords = validate_coords(np.stack([table.column(col["lat"]).to_numpy(), table.column(col["lon"]).to_numpy()],
+                                          axis=1), len(rel))
+    except InputError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    given_ids = table.column(col["id"]).to_pylist() if col["id"] else [None] * len(rel)
+    paths, ids = [], []
+    for i, (r, v) in enumerate(zip(rel, given_ids, strict=True)):
+        if r is None or str(r).strip() == "":
+            raise FormatError(f"{path} row {i}: the image path is empty (null); expected a path relative to "
+                              f"--images {str(images_dir)!r}")
+        r = str(r)
         p = images_dir / check_relative(r, f"{path} row {i}")
         if not p.is_file():
             raise MissingFileError(f"{path} row {i}: image {str(p)!r} does not exist; expected it relative to "
                                    f"--images {str(images_dir)!r}")
         paths.append(str(p))
+        # a missing id falls back to the image path, as an empty id field of a CSV does (never the text 'None')
+        ids.append(r if v is None or str(v).strip() == "" else str(v))
     if not paths:
         raise FormatError(f"{path} lists no images; expected one row per tile")
     return paths, coords, ids
@@ -163,18 +186,45 @@ def read_shard(folder: Path, entry: dict[str, Any], dim: int) -> tuple[np.ndarra
     if sha256_bytes(data) != entry["sha256"]:
         raise CorruptFileError(f"shard {str(path)!r} does not match the sha256 in the manifest (damaged or "
                                "replaced); rerun the build with the same arguments to recompute it")
-    table = pq.read_table(io.BytesIO(data))
-    n = table.num_rows
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.ascontiguousarray(flat, dtype=np.float32).reshape(n, -1)
-    if vectors.shape != (int(entry["rows"]), dim):
-        raise CorruptFileError(f"shard {str(path)!r}: vectors of shape {vectors.shape}, expected "
-                               f"({entry['rows']}, {dim})")
-    coords = np.stack([table.column("lat").to_numpy(), table.column("lon").to_numpy()], axis=1).astype(np.float64)
-    return vectors, coords, [str(x) for x in table.column("id").to_pylist()]
+    try:  # the sha256 matched, yet a hand-made manifest may list a file that is not a shard
+        table = pq.read_table(io.BytesIO(data))
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = np.ascontiguousarray(flat, dtype=np.float32)
+        coords = np.stack([table.column("lat").to_numpy(), table.column("lon").to_numpy()], axis=1).astype(np.float64)
+        ids = [str(x) for x in table.column("id").to_pylist()]
+    except Exception as exc:  # pyarrow's own error types, a missing column, values that are not numbers
+        raise CorruptFileError(f"shard {str(path)!r} is not an embedding shard ({type(exc).__name__}: {exc}); "
+                               "expected columns id, lat, lon, vector. Rerun the build with the same arguments to "
+                               "recompute it") from None
+    rows = int(entry["rows"])
+    if vectors.size != rows * dim or coords.shape != (rows, 2) or len(ids) != rows:
+        raise CorruptFileError(f"shard {str(path)!r}: {vectors.size} vector values, coords {coords.shape} and "
+                               f"{len(ids)} ids; expected {rows} rows of {dim}-d vectors (the manifest's row count)")
+    return vectors.reshape(rows, dim), coords, ids
 
 
 # -- the manifest ------------------------------------------------------------------------------------------
+def _manifest_entry(e: Any, where: str) -> dict[str, Any]:
+    """One manifest entry, checked: the shard number, its own file name (so that a manifest can never make us
+    read outside its folder), a sha256 and a row count."""
+    if not isinstance(e, dict):
+        raise CorruptFileError(f"{where}: expected an object with shard, file, sha256 and rows, got "
+                               f"{type(e).__name__} {e!r:.60}; delete the shard folder and rebuild")
+    i = e.get("shard")
+    if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+        raise CorruptFileError(f"{where}: expected a shard number >= 0, got {i!r:.60}; delete the shard folder and "
+                               "rebuild")
+    if e.get("file") != shard_name(i):
+        raise CorruptFileError(f"{where}: file {e.get('file')!r:.80} is not the shard's own file name; expected "
+                               f"{shard_name(i)!r} inside the shard folder. Delete the shard folder and rebuild")
+    sha, rows = e.get("sha256"), e.get("rows")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)) or \
+            isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise CorruptFileError(f"{where}: expected a 64-hex-digit sha256 and a row count >= 0, got {sha!r:.80} and "
+                               f"{rows!r:.20}; delete the shard folder and rebuild")
+    return dict(e)
+
+
 @dataclass
 class Manifest:
     """``manifest.json`` of a shard folder: the job identity and the finished shards."""
@@ -215,7 +265,14 @@ class Manifest:
         if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or doc.get("version") != MANIFEST_VERSION:
             raise FormatError(f"{path}: not an s4g shard manifest (format {MANIFEST_FORMAT!r} version "
                               f"{MANIFEST_VERSION} expected)")
-        shards = {int(e["shard"]): dict(e) for e in doc.get("shards", [])}
+        if not isinstance(doc.get("job"), dict) or not isinstance(doc.get("shards", []), list):
+            raise CorruptFileError(f"{path}: expected an object 'job' and a list 'shards', got "
+                                   f"{type(doc.get('job')).__name__} and {type(doc.get('shards')).__name__}; delete "
+                                   "the shard folder and rebuild")
+        shards = {}
+        for n, e in enumerate(doc.get("shards", [])):
+            entry = _manifest_entry(e, f"{path}: shards[{n}]")
+            shards[entry["shard"]] = entry
         return cls(folder, dict(doc["job"]), shards)
 
     def save(self) -> None:
@@ -251,6 +308,9 @@ class Manifest:
         missing = [i for i in range(n_shards) if i not in self.shards]
         if missing:
             raise StateError(f"{self.folder}: shards {missing[:10]} are not finished; rerun the build to complete them")
-        dim = int(self.job["embed_dim"])
+        dim = self.job.get("embed_dim")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise CorruptFileError(f"{self.folder / MANIFEST}: job.embed_dim {dim!r} is not a positive integer; "
+                                   "delete the shard folder and rebuild")
         for i in range(n_shards):
             yield read_shard(self.folder, self.shards[i], dim)

@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError, ModelMismatchError
+from s4g_engine.errors import (
+    CorruptFileError,
+    FormatError,
+    InputError,
+    MissingFileError,
+    ModelMismatchError,
+    NotAFileError,
+)
 from s4g_engine.fileio import atomic_write_with
 from s4g_train.model import ModelConfig, S4GModel
 
@@ -40,6 +47,9 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; raises a clear error for missing/corrupt files."""
     p = Path(path)
+    if p.is_dir():
+        raise NotAFileError(f"checkpoint {str(p)!r} is a folder; expected a checkpoint file (e.g. "
+                            "run/checkpoints/best.pt)")
     if not p.is_file():
         raise MissingFileError(f"checkpoint {str(p)!r} does not exist")
     if p.stat().st_size == 0:
@@ -103,6 +113,20 @@ def _size(v: Any, name: str) -> tuple[int, int] | None:
     return t  # type: ignore[return-value]
 
 
+def _stored_model_config(payload: dict[str, Any], path: Any) -> ModelConfig:
+    """The ``ModelConfig`` of one of our checkpoints; a damaged or hand-made payload is a :class:`FormatError`."""
+    mc, sd = payload.get("model_config"), payload.get("model")
+    if not isinstance(mc, dict) or not isinstance(sd, dict):
+        raise FormatError(f"checkpoint {path}: expected 'model_config' and 'model' as mappings (an s4g checkpoint), "
+                          f"got {type(mc).__name__} and {type(sd).__name__}; use an intact checkpoint "
+                          "(best.pt / last.pt)")
+    try:
+        return ModelConfig.from_dict(mc)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"checkpoint {path}: its model_config cannot be used ({exc}); expected the ModelConfig "
+                          "an s4g checkpoint stores") from None
+
+
 def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, allow_partial: bool = False,
                ground_size: Any = None, aerial_size: Any = None,
                dataset: str | None = None) -> tuple[S4GModel, dict[str, Any]]:
@@ -147,7 +171,7 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, all
     if payload.get("version") != VERSION:
         raise FormatError(f"checkpoint {path}: format version {payload.get('version')} is not supported "
                          f"(this s4g reads version {VERSION})")
-    mcfg = ModelConfig.from_dict(payload["model_config"])
+    mcfg = _stored_model_config(payload, path)
     if backbone is not None and backbone != mcfg.backbone:
         raise ModelMismatchError(f"checkpoint {path} holds backbone {mcfg.backbone!r}, but {backbone!r} was requested; "
                          "omit the backbone argument for our own checkpoints")
@@ -156,7 +180,11 @@ def load_model(path: str | os.PathLike[str], *, backbone: str | None = None, all
             raise ModelMismatchError(f"checkpoint {path} was trained with {name} {list(have)}, but {list(want)} was "
                              f"requested; omit the size option for our own checkpoints (they store their sizes)")
     mcfg.pretrained_file = None  # weights come from the checkpoint, never from the original init file
-    model = S4GModel(mcfg)
+    try:
+        model = S4GModel(mcfg)
+    except ValueError as exc:  # e.g. a backbone this timm does not know
+        raise FormatError(f"checkpoint {path}: cannot build its model ({exc}); expected a model_config this "
+                          "s4g and timm can build") from None
     try:
         result = model.load_state_dict(payload["model"], strict=not allow_partial)
     except RuntimeError as exc:  # torch names the missing/unexpected/mis-shaped keys; make it a ValueError

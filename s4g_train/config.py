@@ -206,6 +206,13 @@ def _field_types(obj: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(obj))
 
 
+def _finite(f: float, value: Any, where: str) -> float:
+    """``f``, or an :class:`InputError` for nan/inf (a learning rate of nan would train nothing, silently)."""
+    if f != f or f in (float("inf"), float("-inf")):
+        raise InputError(f"{where}: expected a finite number, got {value!r}")
+    return f
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Coerce a YAML-parsed value to the annotated type ``tp`` (or raise InputError, a ValueError)."""
     origin = typing.get_origin(tp)
@@ -246,19 +253,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, Yaml11Bool):
             return value.value
         raise InputError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if tp is int:  # float.is_integer() is False for inf and nan too (int() would raise on them)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
             raise InputError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    f = float(value)
                 except ValueError:
-                    pass
+                    f = None
+                if f is not None:
+                    return _finite(f, value, where)
             raise InputError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(float(value), value, where)
     if tp is str:
         if isinstance(value, bool):
             raise InputError(f"{where}: expected a word, got the boolean {str(value).lower()}; write the word the "
@@ -385,6 +395,7 @@ def validate(cfg: Config) -> None:
     if t.init is not None and not os.path.isfile(t.init):
         bad(f"train.init={t.init!r}: no such checkpoint file; give our best.pt/last.pt or a published .pth")
     _validate_eval(cfg, bad)
+    _validate_counts(cfg, bad)
     for name, size in (("model.ground_size", cfg.model.ground_size), ("model.aerial_size", cfg.model.aerial_size)):
         if len(size) != 2 or min(size) < 8:
             bad(f"{name}={list(size)}: expected [H, W] with both ≥ 8")
@@ -397,6 +408,17 @@ def validate(cfg: Config) -> None:
     if a.rotate_p > 0 and cfg.model.ground_size[1] % 4:
         bad(f"model.ground_size={list(cfg.model.ground_size)}: panorama width must be divisible by 4 so that "
             "rot90 of the tile matches a roll of W/4 columns; pick a width like 256 or 768")
+
+
+def _validate_counts(cfg: Config, bad: Any) -> None:
+    """Counts that must be positive (or >= 0) when set; 0 or a negative value would fail only mid-run."""
+    t = cfg.train
+    for name, v, low in (("eval.batch_size", cfg.eval.batch_size, 1), ("data.num_workers", cfg.data.num_workers, 0),
+                         ("train.threads", t.threads, 1), ("train.steps_per_epoch", t.steps_per_epoch, 1),
+                         ("train.save_every_steps", t.save_every_steps, 1),
+                         ("train.stop_after_epochs", t.stop_after_epochs, 1)):
+        if v is not None and v < low:
+            bad(f"{name}={v}: expected an integer >= {low}" + (" (or null)" if name.startswith("train.") else ""))
 
 
 def _validate_eval(cfg: Config, bad: Any) -> None:

@@ -44,11 +44,14 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"serve config {name}: expected an integer >= 1, got {v!r}")
-        for name in ("max_wait_ms", "request_timeout_s", "cpus_per_replica"):
-            if not float(getattr(self, name)) > 0:
-                raise InputError(f"serve config {name}: expected a number > 0, got {getattr(self, name)!r}")
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_wait_ms", "request_timeout_s", "cpus_per_replica", "gpus_per_replica"):
+            v = getattr(self, name)  # a string ('5') would pass float() and fail later, in a replica
+            gpus = name == "gpus_per_replica"  # 0 = CPU only
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if gpus else v > 0):
+                raise InputError(f"serve config {name}: expected a number {'>= 0' if gpus else '> 0'}, got "
+                                 f"{type(v).__name__} {v!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InputError(f"serve config port: expected an integer in [0, 65535], got {self.port!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,10 +41,11 @@ def check_content_length(headers: Mapping[str, str]) -> int:
     if raw is None:
         raise ApiError(411, "length_required", "the request has no Content-Length; expected a multipart/form-data "
                        "body of known size (curl -F 'image=@photo.jpg' sets it)")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"Content-Length {raw!r} is not a number") from None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):  # int() alone would also take '-5', '+5' and '1_000'
+        raise ApiError(400, "bad_request", f"Content-Length {raw!r} is not a number of bytes; expected a "
+                       "non-negative integer")
+    n = int(text)
     if n > limit:
         raise ApiError(413, "request_too_large", f"the request body is {n:,} bytes, more than the limit "
                        f"max_request_bytes={limit:,}; send fewer or smaller images per request")
