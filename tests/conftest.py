@@ -14,7 +14,8 @@ Layout of the test tree:
   - ``torch_bundle``: a real ``s4g-export`` bundle of a tiny torch model (needs torch, onnx, onnxruntime);
   - ``onnx_bundle``: a tiny bundle built with ``onnx`` alone (no torch);
   - ``gallery``: small tile galleries and query photos; ``server``: a real ``s4g-serve`` shared by a run;
-  - ``hostile_cases`` / ``hostile_cases_data``: the hostile-input catalogue run by test_hostile_inputs;
+  - ``hostile_cases`` / ``hostile_cases_data`` / ``hostile_cases_more``: the hostile-input catalogue run by
+    test_hostile_inputs; ``fuzzing``: the settings, file-system watcher and property of the fuzzers;
   - ``ddp_worker``: the DDP worker script that test_ddp launches with torchrun (and imports).
 
 Assertions inside ``helpers`` are rewritten by pytest like those in test modules (detailed failure messages).
