@@ -71,7 +71,8 @@ def table1_k(batch_size: int) -> tuple[list[int], int]:
     return sorted({min(k, cap) for k in ks}), big_k
 
 
-def variants(table: str, batch_size: int, k_values: list[int] | None, big_k: int | None) -> list[tuple[str, str, list[tuple[str, str]]]]:
+def variants(table: str, batch_size: int, k_values: list[int] | None,
+             big_k: int | None) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(paper row label, run-folder slug, overrides) for each row of a table."""
     if table == "1":
         auto_k, auto_big = table1_k(batch_size)

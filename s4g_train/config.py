@@ -184,7 +184,7 @@ class Config:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         cfg = cls()
         apply_dict(cfg, d)
         validate(cfg)
@@ -238,7 +238,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], where) for v in value)
         if len(value) != len(args):
             raise InputError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: expected a list, got {value!r}")
@@ -400,7 +400,8 @@ def validate(cfg: Config) -> None:
         if len(size) != 2 or min(size) < 8:
             bad(f"{name}={list(size)}: expected [H, W] with both ≥ 8")
     a = cfg.data.aug
-    for name, p in (("data.aug.flip_p", a.flip_p), ("data.aug.rotate_p", a.rotate_p), ("data.aug.dropout_p", a.dropout_p)):
+    for name, p in (("data.aug.flip_p", a.flip_p), ("data.aug.rotate_p", a.rotate_p),
+                    ("data.aug.dropout_p", a.dropout_p)):
         if not 0.0 <= p <= 1.0:
             bad(f"{name}={p}: must be a probability in [0, 1]")
     if cfg.model.polar_aerial and a.rotate_p > 0 and cfg.model.aerial_size[1] % 4:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ __all__ = ["BACKBONE", "OUTPUTS", "EpochBatchSampler", "ImageStore", "PairedTrai
 
 #: ``data.interpolation`` value that takes the resize filter from the backbone's timm data config.
 from s4g_train.parsers import BACKBONE  # noqa: E402  (one definition, torch-free for the CLI parsers)
+
 #: What a :class:`PairedTrainDataset` item holds: ``float`` = the normalised network inputs (the CPU path);
 #: ``stage`` = augmented uint8 stage images (polar views still normalised); ``raw`` = un-augmented uint8
 #: stage images plus the geometric draws, for the device to apply (s4g_train/feed.py).
@@ -183,7 +185,7 @@ class ImageStore:
     def cached(self) -> bool:
         return self._cache is not None
 
-    def subset(self, ids: Sequence[int] | np.ndarray) -> "ImageStore":
+    def subset(self, ids: Sequence[int] | np.ndarray) -> ImageStore:
         """The images ``ids`` of this store, sharing its RAM cache (no decoding, no copy)."""
         ids = np.asarray(ids, np.int64)
         sub = ImageStore.__new__(ImageStore)
@@ -314,7 +316,7 @@ class ViewDataset(Dataset):
         else:
             self.store = ImageStore(paths, spec, cache=cache, desc="decode eval")
 
-    def with_uint8(self, uint8: bool) -> "ViewDataset":
+    def with_uint8(self, uint8: bool) -> ViewDataset:
         """The same images with the other item type (shares the store)."""
         out = ViewDataset.__new__(ViewDataset)
         out.spec, out.store, out.uint8 = self.spec, self.store, bool(uint8)

@@ -9,8 +9,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from s4g_engine.fileio import atomic_write_text, publish_folder
 

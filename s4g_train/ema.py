@@ -60,7 +60,7 @@ class WeightEMA:
         """One EMA step towards ``model``'s current weights; returns the decay used."""
         d = warmup_decay(self.decay, self.updates)
         ema_f, new_f = [], []
-        for (name, e), (_, v) in zip(self.module.state_dict().items(), model.state_dict().items()):
+        for (_name, e), (_, v) in zip(self.module.state_dict().items(), model.state_dict().items(), strict=True):
             if e.is_floating_point():
                 ema_f.append(e)
                 new_f.append(v.detach().to(e.dtype))

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,7 +198,6 @@ def save_npy(path: str | os.PathLike[str], arr: np.ndarray) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``s4g-eval CHECKPOINT [--dataset D --root DIR --split S] [--out JSON] [--save-embeddings DIR]``."""
     from s4g_engine.datasets import load_split
-
     from s4g_train.checkpoint import load_model
 
     args = eval_parser().parse_args(argv)  # torch-free parser: s4g_train.parsers

@@ -34,8 +34,9 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from s4g_engine.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, model_fingerprint, sha256_file
-from s4g_engine.fileio import atomic_write_text, publish_folder
 from s4g_engine.console import cli_main
+from s4g_engine.fileio import atomic_write_text, publish_folder
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
 from s4g_train.data import checkpoint_contract
@@ -310,7 +311,8 @@ def _provenance(checkpoint: str, info: dict[str, Any], argv: Sequence[str]) -> d
     return {
         "checkpoint": os.path.basename(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)),
         "checkpoint_format": info.get("format"), "epoch": info.get("epoch"), "metrics": info.get("metrics", {}),
-        "dataset": {k: data.get(k) for k in ("dataset", "synthetic", "synth", "train_split", "eval_split") if k in data},
+        "dataset": {k: data.get(k) for k in ("dataset", "synthetic", "synth", "train_split", "eval_split")
+                    if k in data},
         "train_command": cfg.get("command") if isinstance(cfg, dict) else None,
         "train_config": cfg if isinstance(cfg, dict) else None,
         "export_command": "s4g-export " + " ".join(argv),
@@ -379,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     for view, p in config["parity"].items():
         print(f"{view}: " + ", ".join(f"{k} cosine {v['min_cosine']:.7f}" for k, v in p.items()))
     total = sum(f["bytes"] for f in config["files"].values())
-    print(f"wrote {args.out} ({len(config['files'])} files, {total / 1e6:.1f} MB), fingerprint {config['fingerprint'][:16]}")
+    print(f"wrote {args.out} ({len(config['files'])} files, {total / 1e6:.1f} MB), "
+          f"fingerprint {config['fingerprint'][:16]}")
     return 0
 
 

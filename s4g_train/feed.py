@@ -19,7 +19,8 @@ Augmentation randomness is a function of ``(seed, epoch, index)`` only, so this 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

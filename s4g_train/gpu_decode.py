@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -101,6 +101,6 @@ def load_stage_batch(paths: Sequence[str], spec: ViewSpec, *, desc: str = "decod
                 dec = decode_resize([data[i] for i in jpeg], spec.stage_size, spec.interpolation, device)
                 out[[s + i for i in jpeg]] = dec.cpu().numpy()
             rest = sorted(set(range(len(part))) - set(jpeg))
-            for i, img in zip(rest, ex.map(spec.load, [part[i] for i in rest])):
+            for i, img in zip(rest, ex.map(spec.load, [part[i] for i in rest]), strict=True):
                 out[s + i] = img
     return out

@@ -227,7 +227,8 @@ def check_view_shape(image_hw: tuple[int, int], expected_hw: tuple[int, int], vi
             "match — did you swap the query (street view) and the reference (aerial tile)?"
         )
     if abs(a_img / a_exp - 1) > 0.1:
-        log.warning("%s image %s has aspect %.2f, the model's input %.2f: it will be stretched", view, what, a_img, a_exp)
+        log.warning("%s image %s has aspect %.2f, the model's input %.2f: it will be stretched",
+                    view, what, a_img, a_exp)
 
 
 class TorchSource:
@@ -325,7 +326,8 @@ class BundleSource:
         views = cfg.get("views")
         if not isinstance(views, dict) or not {"ground", "aerial"} <= set(views):
             raise ValueError(f"{cfg_path}: expected 'views' with 'ground' and 'aerial' entries, got "
-                             f"{sorted(views) if isinstance(views, dict) else type(views).__name__}; re-export the bundle")
+                             f"{sorted(views) if isinstance(views, dict) else type(views).__name__}; "
+                             "re-export the bundle")
         self.specs = {v: ViewSpec.from_config(v, views[v]) for v in ("ground", "aerial")}
         so = ort.SessionOptions()
         if threads:

@@ -13,7 +13,7 @@ graph (DDP would otherwise report an unused parameter).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

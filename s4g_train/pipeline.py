@@ -216,7 +216,7 @@ def _read_city(dataset: str, world: Path, n_queries: int) -> _City:
     test = load_split(dataset, str(world), "test")
     tiles: dict[str, np.ndarray] = {}
     for sp in (load_split(dataset, str(world), "train"), test):
-        for path, gps in zip(sp.references, sp.reference_gps):
+        for path, gps in zip(sp.references, sp.reference_gps, strict=True):
             tiles.setdefault(path, gps)  # a tile shared by both splits (VIGOR same-area) is indexed once
     paths = list(tiles)
     ids = [Path(p).resolve().relative_to(world).as_posix() for p in paths]
@@ -258,7 +258,7 @@ def _localise(loc: Any, city: _City, demo_dir: Path, k: int) -> tuple[tuple[Any,
     names = [Path(q).name for q in city.queries]
     atomic_write_text(demo_dir / "candidates.geojson", json.dumps(res.to_geojson(names), indent=1, allow_nan=False))
     out = res.to_dict(names)
-    for r, t in zip(out["results"], city.truth_ids):
+    for r, t in zip(out["results"], city.truth_ids, strict=True):
         r["true_tile"] = t
     atomic_write_text(demo_dir / "results.json", json.dumps(out, indent=1, allow_nan=False))
     err = haversine_m(city.truth_gps[:, 0], city.truth_gps[:, 1], res.coords[:, 0, 0], res.coords[:, 0, 1])

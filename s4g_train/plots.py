@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -197,7 +198,8 @@ def render_candidates(query: QueryPanel, cands: Sequence[CandidatePanel], out: s
     pw = W - 2 * _M
     ph = int(round(pw * query.image.shape[0] / query.image.shape[1]))
     y0 = _TITLE + _LABEL
-    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha), "street view + heatmap" if query.panorama else "query + heatmap")
+    c.image(_M, y0, pw, ph, overlay(query.image, query.heat, cmap=cmap, alpha=alpha),
+            "street view + heatmap" if query.panorama else "query + heatmap")
     tw = (W - (n + 1) * _M) // n
     for k, cand in enumerate(cands):
         x = _M + k * (tw + _M)

@@ -25,14 +25,21 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from s4g_engine.errors import CorruptFileError, FormatError, StateError
-from s4g_train.sampling import STRATEGIES, batch_hardness, build_batches, dss_neighbours, random_batches, \
-    semi_positive_forbidden
+from s4g_train.sampling import (
+    STRATEGIES,
+    batch_hardness,
+    build_batches,
+    dss_neighbours,
+    random_batches,
+    semi_positive_forbidden,
+)
 
 if TYPE_CHECKING:
     from s4g_train.config import SamplingConfig

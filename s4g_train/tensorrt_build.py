@@ -17,8 +17,9 @@ matches the machine it runs on, else falls back to ONNX Runtime.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

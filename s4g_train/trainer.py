@@ -37,8 +37,14 @@ from s4g_train.budget import TimeBudget
 from s4g_train.config import Config, save_yaml, selection
 from s4g_train.data import ImageStore, PairedTrainDataset, data_contract
 from s4g_train.dataprep import prepare_data
-from s4g_train.device import configure_backends, cuda_search_available, pick_amp, pick_device, use_channels_last, \
-    use_device_preprocess
+from s4g_train.device import (
+    configure_backends,
+    cuda_search_available,
+    pick_amp,
+    pick_device,
+    use_channels_last,
+    use_device_preprocess,
+)
 from s4g_train.ema import restore_ema
 from s4g_train.evaluate import embed_training_pairs, evaluate_split, subset_split, torch_embed_fns
 from s4g_train.feed import TrainFeed

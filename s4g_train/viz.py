@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from s4g_engine.errors import InputError, MissingFileError
 from s4g_engine.fileio import atomic_write_text, check_writable
 from s4g_engine.imagecheck import IMAGE_EXTS
 from s4g_engine.logs import setup_logging
+
 # torch (heatmaps) and matplotlib (plots) are imported where they are used, so that the parser and --help
 # of s4g-viz import neither.
 from s4g_train.vizopts import CMAPS, MODES, ROWS
@@ -88,7 +90,7 @@ def _square(tile_size: Sequence[int]) -> int | None:
 # --------------------------------------------------------------------------------------------- explain
 def explain(source: Source, query: str, references: Sequence[str], *, mode: str = "gradcam", rows: str = "full",
             horizon: float = 0.5, labels: Sequence[str] | None = None,
-            correct: Sequence[bool | None] | None = None) -> tuple["QueryPanel", list["CandidatePanel"]]:
+            correct: Sequence[bool | None] | None = None) -> tuple[QueryPanel, list[CandidatePanel]]:
     """Heatmaps of ``query`` against each reference tile.
 
     Returns the query panel (its heatmap is the one for ``references[0]``; the channel-mean map does not
@@ -105,7 +107,7 @@ def explain(source: Source, query: str, references: Sequence[str], *, mode: str 
                          + ("" if mode not in ("gradcam",) else " (gradient-weighted maps need gradients, which only a "
                             "torch checkpoint gives: use --checkpoint)"))
     g_img, gx = source.load_ground(query)
-    tiles, axs = zip(*(source.load_aerial(r) for r in references))
+    tiles, axs = zip(*(source.load_aerial(r) for r in references), strict=True)
     pms = source.maps(gx[None], np.stack(axs), mode)
     side = _square(source.tile_size)
     if side is None:
@@ -114,7 +116,7 @@ def explain(source: Source, query: str, references: Sequence[str], *, mode: str 
     panorama = source.ground_size[1] >= 1.5 * source.ground_size[0]
     q_heat = None
     cands = []
-    for k, (ref, tile, pm) in enumerate(zip(references, tiles, pms)):
+    for k, (ref, tile, pm) in enumerate(zip(references, tiles, pms, strict=True)):
         g_heat = normalise(upsample(pm.ground, source.ground_size, wrap=panorama))
         if source.polar:  # the aerial map lives in polar space: bring it back onto the tile
             a_heat = project_panorama(normalise(upsample(pm.aerial, source.aerial_size, wrap=True)), side or 0)
@@ -215,10 +217,11 @@ def gallery(source: Source, split: Any, out_dir: str, *, n: int = 8, seed: int =
         png = render_candidates(qp, cands, out / f"false_{qi:06d}.png", cmap=cmap, alpha=alpha, mode=mode,
                                 title=f"false prediction: cos {cands[0].similarity:.3f} vs ground truth "
                                       f"{cands[1].similarity:.3f}")
-        sections["false predictions"].append({"png": png.name, "caption": f"query {qi}: predicted cos "
-                                               f"{cands[0].similarity:.3f}, ground truth cos {cands[1].similarity:.3f}"})
+        caption = f"query {qi}: predicted cos {cands[0].similarity:.3f}, ground truth cos {cands[1].similarity:.3f}"
+        sections["false predictions"].append({"png": png.name, "caption": caption})
     for qi in tqdm(true_ids, desc="render correct", disable=not log.isEnabledFor(logging.INFO)):
-        png, sim = visualise_pair(source, split.queries[qi], split.references[top1[qi]], str(out / f"correct_{qi:06d}.png"),
+        png, sim = visualise_pair(source, split.queries[qi], split.references[top1[qi]],
+                                  str(out / f"correct_{qi:06d}.png"),
                                   mode=mode, correct=True, rows=rows, horizon=horizon, cmap=cmap, alpha=alpha)
         sections["correct predictions"].append({"png": png.name, "caption": f"query {qi}: cos {sim:.3f}"})
     summary = {"dataset": split.name, "split": split.split, "source": source.name, "mode": mode,
@@ -249,7 +252,8 @@ def _list_images(items: Sequence[str]) -> list[str]:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="our checkpoint (runs/<name>/checkpoints/best.pt) or a published Sample4Geo .pth")
+    src.add_argument("--checkpoint",
+                     help="our checkpoint (runs/<name>/checkpoints/best.pt) or a published Sample4Geo .pth")
     src.add_argument("--bundle", help="exported model folder made with `s4g-export --with-features` (activation maps)")
     p.add_argument("--backbone", help="timm backbone of a reference checkpoint when it cannot be inferred")
     p.add_argument("--allow-partial", action="store_true", help="accept a partial checkpoint load (reported)")
@@ -270,7 +274,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--query", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--match", choices=("yes", "no"), help="say whether the pair is the true match (shown as right/wrong)")
+    p.add_argument("--match", choices=("yes", "no"),
+                   help="say whether the pair is the true match (shown as right/wrong)")
     p.add_argument("--out", required=True)
     p = sub.add_parser("topk", help="one query and its top-k tiles")
     _add_source_args(p)

@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from s4g_train.ablate import PAPER, format_ablation, main, orderings, run_outcome, summarise, table1_k, variants, \
-    verdict
 from helpers.training import TINY, tiny_cvusa
+from s4g_train.ablate import (
+    PAPER,
+    format_ablation,
+    main,
+    orderings,
+    run_outcome,
+    summarise,
+    table1_k,
+    variants,
+    verdict,
+)
 
 
 def test_table2_tiny_over_seeds(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from helpers.torch_bundle import GROUND, make_tiny_bundle
-
 from s4g_engine import Localiser
 from s4g_engine.backends import runtime as rt
 from s4g_engine.backends.cpu import CpuInfo, detect_cpu, parse_cpuinfo
@@ -41,7 +40,8 @@ AMX = CpuInfo("Intel Xeon (spr)", 8, frozenset({"avx2", "avx512f", "avx512_bf16"
                                                  "amx_bf16", "amx_int8"}), "x86_64")
 UNKNOWN = CpuInfo("unknown", 4, frozenset(), "x86_64")
 BOTH = ("onnxruntime", "openvino")
-needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed (pip install 's4g[openvino]')")
+needs_openvino = pytest.mark.skipif(not openvino_available(),
+                                    reason="openvino is not installed (pip install 's4g[openvino]')")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_cpu_flags_come_from_cpuinfo_never_assumed(tmp_path):
 
 # -- which candidates, which choice (fakes: deterministic) ---------------------------------------------------
 def test_candidates_follow_the_cpu_features():
-    labels = lambda cpu, **kw: [c.label for c in plan_candidates(cpu, runtimes=BOTH, **kw)]
+    def labels(cpu, **kw):
+        return [c.label for c in plan_candidates(cpu, runtimes=BOTH, **kw)]
     assert labels(AVX2, graphs=["fp32", "int8"]) == ["onnxruntime:fp32", "openvino:fp32"]  # no bf16, no VNNI
     assert labels(UNKNOWN, graphs=["fp32", "int8"]) == ["onnxruntime:fp32", "openvino:fp32"]
     assert labels(BF16, graphs=["fp32"]) == ["onnxruntime:fp32", "openvino:fp32", "openvino:bf16"]
@@ -276,7 +277,6 @@ def _training_batches(contract, view, n=4, batch=4, seed=40):
 def test_int8_graph_is_kept_only_when_accurate_and_never_picked_when_not(tmp_path, monkeypatch, force):
     pytest.importorskip("onnxruntime.quantization")
     from helpers.torch_bundle import tiny_model
-
     from s4g_train import cpu_int8
     from s4g_train.data import checkpoint_contract
 

@@ -61,7 +61,8 @@ def test_cuda_module_reports_devices(cuda_device: int) -> None:
     assert info["compiled"] and info["module"] and len(info["devices"]) >= 1
 
 
-@pytest.mark.parametrize("nq,n,d,k", [(1, 1, 1, 1), (5, 7, 3, 10), (70, 1000, 257, 8), (300, 5000, 64, 20), (0, 5, 4, 3)])
+@pytest.mark.parametrize("nq,n,d,k", [(1, 1, 1, 1), (5, 7, 3, 10), (70, 1000, 257, 8), (300, 5000, 64, 20),
+                                      (0, 5, 4, 3)])
 @pytest.mark.parametrize("half", [False, True])
 def test_topk_cuda_equals_cpu(dev, nq: int, n: int, d: int, k: int, half: bool) -> None:
     to, back = dev
@@ -249,7 +250,8 @@ def test_ranks_cuda_near_duplicates_of_the_positive(dev) -> None:
     assert fooled > 0
 
 
-@pytest.mark.parametrize("batch,a,h,w,c", [(5, 512, 128, 512, 3), (2, 64, 32, 100, 1), (3, 33, 17, 50, 4), (1, 40, 64, 32, 5)])
+@pytest.mark.parametrize("batch,a,h,w,c", [(5, 512, 128, 512, 3), (2, 64, 32, 100, 1), (3, 33, 17, 50, 4),
+                                           (1, 40, 64, 32, 5)])
 def test_polar_cuda_map_path_matches_cpu(dev, batch: int, a: int, h: int, w: int, c: int) -> None:
     to, back = dev
     rng = np.random.default_rng(a)

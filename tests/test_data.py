@@ -14,8 +14,7 @@ from PIL import Image
 
 from s4g_engine.preprocess import DataContract, to_uint8_rgb
 from s4g_train.config import AugConfig
-from s4g_train.data import (EpochBatchSampler, PairedTrainDataset, ViewDataset, geometric, load_image,
-                            to_tensor)
+from s4g_train.data import EpochBatchSampler, PairedTrainDataset, ViewDataset, geometric, load_image, to_tensor
 
 
 def polar_ref(tile: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -122,7 +122,8 @@ def test_missing_mat_and_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -
     root = make_cvact(tmp_path / "a")
     shutil.rmtree(root / "ANU_data_test")
     rc, rep = run_json(capsys, "cvact", root)
-    assert rc == 1 and problems(rep, "missing_folder") and "ANU_data_test" in problems(rep, "missing_folder")[0]["message"]
+    missing = problems(rep, "missing_folder")
+    assert rc == 1 and missing and "ANU_data_test" in missing[0]["message"]
     (root / "ACT_data.mat").unlink()
     rc, rep = run_json(capsys, "cvact", root)
     assert rc == 1 and len(problems(rep, "missing_split_file")) == 3

@@ -27,9 +27,9 @@ from s4g_engine.errors import FormatError  # noqa: E402
 from s4g_engine.preprocess import INTERPOLATIONS, DataContract, ViewSpec, polar_source_size  # noqa: E402
 from s4g_train.checkpoint import save_checkpoint  # noqa: E402
 from s4g_train.config import AugConfig, Config, build_config, preset_names  # noqa: E402
-from s4g_train.data import (PairedTrainDataset, ViewDataset, checkpoint_contract, data_contract,  # noqa: E402
-                            to_tensor)
-from s4g_train.export import export_bundle, main as export_main  # noqa: E402
+from s4g_train.data import PairedTrainDataset, ViewDataset, checkpoint_contract, data_contract, to_tensor  # noqa: E402
+from s4g_train.export import export_bundle  # noqa: E402
+from s4g_train.export import main as export_main
 from s4g_train.model import ModelConfig, S4GModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

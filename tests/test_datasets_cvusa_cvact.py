@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from helpers.layouts import CVACT_UTM_ORIGIN, cvact_truth, cvusa_ground_gps, cvusa_sat_gps, make_cvact, make_cvusa
+from s4g_engine.datasets import CrossViewSplit, MalformedRowError, PathEscapeError, SplitFileNotFoundError, load_split
 from s4g_engine.errors import InputError
-from s4g_engine.datasets import (CrossViewSplit, MalformedRowError, PathEscapeError, SplitFileNotFoundError,
-                                 load_split)
-
 
 # ------------------------------------------------------------------------------------------------ CVUSA
 

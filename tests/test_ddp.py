@@ -20,9 +20,8 @@ torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available in this build", allow_module_level=True)
 
-from s4g_train.losses import LOSSES  # noqa: E402
-
 from helpers import ddp_worker  # noqa: E402
+from s4g_train.losses import LOSSES  # noqa: E402
 
 WORKER = Path(ddp_worker.__file__).resolve()  # also run as a script, by torchrun
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import assert_same_state, read_jsonl, tiny_args, tiny_cvusa
 from s4g_engine.errors import StateError
 from s4g_train.checkpoint import load_checkpoint
 from s4g_train.config import build_config
 from s4g_train.ema import WeightEMA, restore_ema, warmup_decay
 from s4g_train.trainer import main
-from helpers.training import assert_same_state, read_jsonl, tiny_args, tiny_cvusa
 
 
 class Tiny(torch.nn.Module):

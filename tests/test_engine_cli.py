@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from s4g_engine.cli import index_main, localise_main  # noqa: E402
 from helpers.torch_bundle import make_tiny_bundle  # noqa: E402
+from s4g_engine.cli import index_main, localise_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 from s4g_engine.datasets import CrossViewSplit
 from s4g_engine.errors import InputError
 from s4g_train.checkpoint import load_checkpoint
 from s4g_train.config import build_config, selection
 from s4g_train.trainer import main
 from s4g_train.valsplit import VAL_SPLIT_NAME, carve_validation
-from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 
 
 def _shared_tile_split(seed: int) -> CrossViewSplit:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import tiny_cvusa
 from s4g_engine.datasets import load_split
 from s4g_train.checkpoint import load_model, model_payload, save_checkpoint
 from s4g_train.config import build_config
 from s4g_train.evaluate import evaluate_split, format_table, main, subset_split
 from s4g_train.model import ModelConfig, S4GModel
-from helpers.training import tiny_cvusa
 
 
 def plain_metrics(q: np.ndarray, r: np.ndarray, pos: np.ndarray) -> dict[str, float]:

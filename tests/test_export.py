@@ -18,9 +18,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from helpers.torch_bundle import AERIAL, GROUND, make_tiny_bundle, tiny_model  # noqa: E402
-from s4g_train.export import (ExportError, bundle_fingerprint, export_bundle, main,  # noqa: E402
-                              parity)
 from s4g_engine.preprocess import DataContract  # noqa: E402
+from s4g_train.export import ExportError, bundle_fingerprint, export_bundle, main, parity  # noqa: E402
 
 
 @pytest.fixture(scope="module")

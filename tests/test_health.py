@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 from s4g_train.config import build_config
 from s4g_train.health import EXIT_COLLAPSED, CollapseCriteria, CollapseMonitor, TrainingCollapsed, advice_for
-from helpers.training import read_jsonl, tiny_args, tiny_cvusa
 
 B = 32
 LN_B = math.log(B)

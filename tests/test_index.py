@@ -8,7 +8,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from s4g_engine.errors import CorruptFileError, FormatError, InputError, MissingFileError, ModelMismatchError, StateError
+from s4g_engine.errors import (
+    CorruptFileError,
+    FormatError,
+    InputError,
+    MissingFileError,
+    ModelMismatchError,
+    StateError,
+)
 from s4g_engine.index import AUTO_FP16_MIN, AUTO_IVFPQ_MIN, ReferenceIndex, choose_backend, faiss_gpus
 
 D = 48
@@ -67,7 +74,8 @@ def test_ivfpq_recall_and_memory_on_clustered_data():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     idx = ReferenceIndex(D, backend="faiss-ivfpq", nprobe=16)
     idx.add(emb, _coords(rng, len(emb)))
-    q = emb[rng.choice(len(emb), 50, replace=False)] + 0.05 * rng.standard_normal((50, D)).astype(np.float32) / np.sqrt(D)
+    noise = 0.05 * rng.standard_normal((50, D)).astype(np.float32) / np.sqrt(D)
+    q = emb[rng.choice(len(emb), 50, replace=False)] + noise
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     _, ids = idx.search(q, 10)
     _, ref_i = _reference_topk(q, emb, 10)

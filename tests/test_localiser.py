@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from s4g_engine import Localiser, LocaliseResult  # noqa: E402
 from helpers.torch_bundle import AERIAL, GROUND, make_tiny_bundle  # noqa: E402
+from s4g_engine import Localiser, LocaliseResult  # noqa: E402
 
 
 @pytest.fixture(scope="module")

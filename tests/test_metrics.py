@@ -9,8 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from s4g_engine.metrics import (average_precision, localisation_errors, metre_errors, ranks_to_metrics,
-                                retrieval_metrics, university_metrics)
+from s4g_engine.metrics import (
+    average_precision,
+    localisation_errors,
+    metre_errors,
+    ranks_to_metrics,
+    retrieval_metrics,
+    university_metrics,
+)
 
 R_EARTH = 6_371_004.0
 
@@ -183,7 +189,8 @@ def test_average_precision_vs_reference(seed, junk):
     gl = np.repeat(np.arange(n_cls), rng.integers(1, 6, n_cls))
     gf = (centres[gl] + 1.2 * rng.standard_normal((len(gl), d))).astype(np.float32)
     ql = rng.integers(0, n_cls + 5, 120)  # classes >= n_cls have no match: count as 0 (reference)
-    qf = (np.vstack([centres, rng.standard_normal((5, d))])[ql] + 1.2 * rng.standard_normal((120, d))).astype(np.float32)
+    qf = (np.vstack([centres, rng.standard_normal((5, d))])[ql]
+          + 1.2 * rng.standard_normal((120, d))).astype(np.float32)
     if junk:
         gl = gl.copy()
         gl[rng.random(len(gl)) < 0.1] = -1

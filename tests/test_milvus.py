@@ -12,7 +12,6 @@ pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install '
 pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 's4g[cluster]')")
 
 from helpers.gallery import MODEL, make_gallery, make_queries  # noqa: E402
-
 from s4g_engine.cli import index_main, localise_main  # noqa: E402
 from s4g_engine.errors import ModelMismatchError, StateError  # noqa: E402
 from s4g_engine.index import ReferenceIndex  # noqa: E402

@@ -19,7 +19,6 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 's4g[cluste
 pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 's4g[cluster]')")
 
 from helpers.gallery import MODEL, make_gallery  # noqa: E402
-
 from s4g_engine.cli import index_main  # noqa: E402
 from s4g_engine.errors import CorruptFileError, StateError  # noqa: E402
 from s4g_engine.index import ReferenceIndex  # noqa: E402

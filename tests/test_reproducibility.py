@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.training import assert_same_state, epoch_records, tiny_args, tiny_cvusa
 from s4g_train.checkpoint import load_checkpoint
 from s4g_train.schedule import BatchSchedule
 from s4g_train.trainer import main
-from helpers.training import assert_same_state, epoch_records, tiny_args, tiny_cvusa
 
 SCHEDULE = ["--set", "train.epochs=3", "--set", "eval.every=1", "--set", "sampling.dss_start_epoch=1",
             "--set", "sampling.dss_every=1", "--set", "train.final_eval=false"]

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import assert_same_state, epoch_records, tiny_args, tiny_cvusa
 from s4g_engine.datasets import load_split
 from s4g_train.checkpoint import load_checkpoint, save_checkpoint
 from s4g_train.config import SamplingConfig
 from s4g_train.schedule import gps_table
 from s4g_train.trainer import main
-from helpers.training import assert_same_state, epoch_records, tiny_args, tiny_cvusa
 
 TESTS = Path(__file__).resolve().parent
 # DSS from epoch 1 and refreshed every epoch: the batch schedule's state (mined lists) must survive the restart

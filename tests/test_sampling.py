@@ -15,9 +15,15 @@ import pytest
 
 from s4g_engine.errors import CorruptFileError, FormatError, StateError
 from s4g_train.config import SamplingConfig
+from s4g_train.sampling import (
+    batch_hardness,
+    build_batches,
+    dss_neighbours,
+    random_batches,
+    representative_samples,
+    semi_positive_forbidden,
+)
 from s4g_train.schedule import BatchSchedule
-from s4g_train.sampling import (batch_hardness, build_batches, dss_neighbours, random_batches,
-                                representative_samples, semi_positive_forbidden)
 
 
 # ------------------------------------------------------------------------------------------- plain reference
@@ -459,7 +465,8 @@ def test_batch_hardness_matches_loops():
                 for j in b:
                     if j != i and np.isfinite(gps[j]).all():
                         p1, p2 = np.radians(gps[i]), np.radians(gps[j])
-                        x = np.sin((p2[0] - p1[0]) / 2) ** 2 + np.cos(p1[0]) * np.cos(p2[0]) * np.sin((p2[1] - p1[1]) / 2) ** 2
+                        x = (np.sin((p2[0] - p1[0]) / 2) ** 2
+                             + np.cos(p1[0]) * np.cos(p2[0]) * np.sin((p2[1] - p1[1]) / 2) ** 2)
                         ds.append(2 * 6_371_004.0 * np.arcsin(np.sqrt(x)))
                 dist.append(min(ds))
     assert h["hardness_sim"] == pytest.approx(np.mean(hard), abs=1e-5)

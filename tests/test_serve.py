@@ -16,7 +16,6 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 
 from helpers.gallery import MODEL  # noqa: E402
 from helpers.server import MAX_IMAGES, shared_server  # noqa: E402
-
 from s4g_engine.localiser import Localiser  # noqa: E402
 
 

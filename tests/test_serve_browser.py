@@ -18,9 +18,8 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
                 "chromium-driver; .ci/run does this)", allow_module_level=True)
 
-from helpers.server import ENCODER, shared_server  # noqa: E402
-
 from helpers.gallery import MODEL  # noqa: E402
+from helpers.server import ENCODER, shared_server  # noqa: E402
 from s4g_engine.localiser import Localiser  # noqa: E402
 
 

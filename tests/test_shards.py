@@ -11,7 +11,6 @@ import pytest
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 's4g[cluster]')")
 
 from helpers.gallery import make_gallery  # noqa: E402
-
 from s4g_engine.errors import CorruptFileError, InputError, MissingFileError  # noqa: E402
 from s4g_engine.shards import Manifest, plan_shards, read_shard, read_tile_list, write_shard  # noqa: E402
 

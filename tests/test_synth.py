@@ -172,7 +172,8 @@ def test_cvusa_layout_files(cvusa_root):
         assert (cvusa_root / sub).is_file(), sub
     rows = (cvusa_root / "splits/train-19zl.csv").read_text().splitlines() + \
         (cvusa_root / "splits/val-19zl.csv").read_text().splitlines()
-    assert sorted(rows) == [f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,annotations/{i:07d}.png" for i in range(1, 11)]
+    assert sorted(rows) == [f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,annotations/{i:07d}.png"
+                            for i in range(1, 11)]
     gps = np.loadtxt(cvusa_root / "split_locations/all.csv", delimiter=",")
     assert gps.shape == (10, 4)
     # ground position within a few metres of the tile centre
@@ -194,7 +195,8 @@ def test_vigor_layout_and_offsets(tmp_path):
 
     root = generate_dataset("vigor", tmp_path / "v", pairs=12, seed=1, **SERIAL)
     assert (root / "meta.json").is_file()
-    for name, split in (("vigor-same", "train"), ("vigor-same", "test"), ("vigor-cross", "train"), ("vigor-cross", "test")):
+    for name, split in (("vigor-same", "train"), ("vigor-same", "test"), ("vigor-cross", "train"),
+                        ("vigor-cross", "test")):
         sp = datasets.load_split(name, root, split, strict=True)
         assert len(sp.queries) > 0
         for q in range(len(sp.queries)):
@@ -315,7 +317,7 @@ def test_old_import_path_warns_and_reexports():
     assert old.GENERATOR_VERSION == s4g_synth.GENERATOR_VERSION
     assert old.SynthConfig is s4g_synth.GeneratorConfig            # the old name of the generator's config
     with pytest.raises(AttributeError, match="s4g_synth"):
-        old.nothing_here
+        _ = old.nothing_here
     # the warning names the importing code, so Python's default filters show it in a script
     proc = _fresh("import s4g_engine.synth")
     assert proc.returncode != 0 and "DeprecationWarning" in proc.stderr and "s4g_synth" in proc.stderr

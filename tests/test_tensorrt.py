@@ -15,10 +15,10 @@ needs_trt = pytest.mark.skipif(not tensorrt_available(), reason=REASON)
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed: the missing-TensorRT errors do not apply")
 def test_clear_errors_without_tensorrt(tmp_path):
     pytest.importorskip("torch")
+    from helpers.torch_bundle import make_tiny_bundle
     from s4g_engine import Localiser
     from s4g_train.export import main
     from s4g_train.tensorrt_build import NOT_INSTALLED, require_tensorrt
-    from helpers.torch_bundle import make_tiny_bundle
 
     with pytest.raises(RuntimeError, match="pip install tensorrt"):
         require_tensorrt()
@@ -35,8 +35,8 @@ def test_clear_errors_without_tensorrt(tmp_path):
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     pytest.importorskip("torch")
-    from s4g_engine import Localiser
     from helpers.torch_bundle import make_tiny_bundle
+    from s4g_engine import Localiser
 
     make_tiny_bundle(tmp_path / "b", tensorrt={"max_batch": 8})
     rng = np.random.default_rng(0)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import assert_same_state, epoch_records, read_jsonl, tiny_args, tiny_cvusa
 from s4g_train.budget import TimeBudget
 from s4g_train.checkpoint import load_checkpoint, load_model
 from s4g_train.device import cpu_has_native_bf16, pick_amp
 from s4g_train.lr import CosineWarmup
 from s4g_train.trainer import main
-from helpers.training import assert_same_state, epoch_records, read_jsonl, tiny_args, tiny_cvusa
 
 TESTS = Path(__file__).resolve().parent
 
@@ -123,7 +123,8 @@ def test_cosine_warmup_schedule_per_iteration() -> None:
 def test_amp_selection() -> None:
     assert pick_amp("off", torch.device("cpu")) == (None, False)
     assert pick_amp("bf16", torch.device("cpu")) == (torch.bfloat16, False)
-    assert pick_amp("auto", torch.device("cpu")) == ((torch.bfloat16, False) if cpu_has_native_bf16() else (None, False))
+    expected = (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
+    assert pick_amp("auto", torch.device("cpu")) == expected
     with pytest.raises(ValueError, match="needs CUDA"):
         pick_amp("fp16", torch.device("cpu"))
     assert pick_amp("auto", torch.device("cuda")) == (torch.float16, True)

@@ -18,8 +18,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -174,9 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append({"path": label, "kind": "engine", "fn": ort_run})
             rows += _openvino_rows(graphs, x_np, args)
             fns = [row.pop("fn") for row in rows]
-            for row, fn in zip(rows, fns):
+            for row, fn in zip(rows, fns, strict=True):
                 row["cosine_vs_fp32"] = _cos(fn(), ref)
-            for row, sec in zip(rows, _interleaved(fns, min_time=args.min_time * len(fns))):
+            for row, sec in zip(rows, _interleaved(fns, min_time=args.min_time * len(fns)), strict=True):
                 row["images_per_s"] = args.batch / sec
                 log.info("%-40s %8.1f images/s  cos %.6f", row["path"], row["images_per_s"], row["cosine_vs_fp32"])
     best_torch = max(r["images_per_s"] for r in rows if r["kind"] == "torch")
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     chart(res, out.with_suffix(".png"))
     print(f"{'path':44s} {'images/s':>10s} {'× torch':>8s} {'cosine':>10s}")
     for r in res["rows"]:
-        print(f"{r['path']:44s} {r['images_per_s']:10.1f} {r['ratio_vs_fastest_torch']:8.2f} {r['cosine_vs_fp32']:10.6f}")
+        print(f"{r['path']:44s} {r['images_per_s']:10.1f} {r['ratio_vs_fastest_torch']:8.2f} "
+              f"{r['cosine_vs_fp32']:10.6f}")
     print(f"CPU: {res['cpu']['model']} ({res['cpu']['kind']}); figures from a shared machine are indicative only")
     print(f"best engine path at cosine ≥ 0.999: {res['best_engine']} = {res['achieved']:.2f}× the fastest torch path "
           f"(target ≥ 1.0×); wrote {out} and {out.with_suffix('.png')}")

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 SECTIONS = ("polar", "topk", "small", "fp16", "ranks", "dss", "vigor")
 DEFAULT = "polar,topk,small,fp16,ranks"
 FULL = {"polar": {"batch": 256, "tile": 512, "height": 128, "width": 512, "numpy_batch": 16},
-        "topk": {"q": 1000, "n": 100_000, "d": 1024, "k": 10}, "small": {"qs": (1, 16), "n": 100_000, "d": 1024, "k": 10},
+        "topk": {"q": 1000, "n": 100_000, "d": 1024, "k": 10},
+        "small": {"qs": (1, 16), "n": 100_000, "d": 1024, "k": 10},
         "ranks": {"q": 1000, "n": 100_000, "d": 1024, "chunk": 8192},
         "dss": {"q": 35_532, "n": 35_532, "d": 1024, "k": 128, "chunk": 4096},
         "vigor": {"q": 52_605, "n": 90_618, "d": 1024, "ignore": 3, "chunk": 4096}}
@@ -167,7 +168,8 @@ def _numpy_polar(x: np.ndarray, mx: np.ndarray, my: np.ndarray, scale: np.ndarra
         for dc, wc in ((0, 1 - fc), (1, fc)):
             rr, cc = (r0 + dr).astype(np.int64), (c0 + dc).astype(np.int64)
             ok = ((rr >= 0) & (rr < a) & (cc >= 0) & (cc < a))[..., None]
-            taps.append((np.clip(rr, 0, a - 1) * a + np.clip(cc, 0, a - 1), np.where(ok, wr * wc, 0).astype(np.float32)))
+            taps.append((np.clip(rr, 0, a - 1) * a + np.clip(cc, 0, a - 1),
+                         np.where(ok, wr * wc, 0).astype(np.float32)))
 
     def run() -> np.ndarray:
         out = np.empty((len(x), *mx.shape, 3), np.float32)
@@ -254,7 +256,8 @@ def topk_row(q: np.ndarray, r: np.ndarray, k: int, repeat: int, *, index: Any = 
     if torch_chunk and (t := _torch_topk(q, r.astype(np.float32), k + extra, torch_chunk)) is not None:
         runs["torch"] = t
     got = interleaved(runs, repeat)
-    res: dict[str, Any] = {"q": len(q), "n": len(r), "d": q.shape[1], "k": k, "refs": str(r.dtype), "s4g_s": got["s4g"][0]}
+    res: dict[str, Any] = {"q": len(q), "n": len(r), "d": q.shape[1], "k": k, "refs": str(r.dtype),
+                           "s4g_s": got["s4g"][0]}
     ours = got["s4g"][1]
     for name in ("faiss", "torch"):
         if name not in got:
@@ -262,7 +265,7 @@ def topk_row(q: np.ndarray, r: np.ndarray, k: int, repeat: int, *, index: Any = 
             continue
         ids = got[name][1]
         if drop is not None:  # remove each row's own positive, keep k
-            ids = np.array([row[row != p][:k] for row, p in zip(ids, drop)])
+            ids = np.array([row[row != p][:k] for row, p in zip(ids, drop, strict=True)])
         res[f"{name}_s"] = got[name][0]
         res[f"speedup_vs_{name}"] = got[name][0] / res["s4g_s"]
         res[f"index_agreement_vs_{name}"] = float((ids == ours).mean())
@@ -279,7 +282,8 @@ def bench_topk(cfg: dict[str, Any], repeat: int, rng: np.random.Generator, secti
     if "fp16" in sections:
         q = _unit(rng, cfg["q"], cfg["d"])
         row = topk_row(q, r.astype(np.float16), cfg["k"], repeat, index=index)
-        row["s4g_fp32_refs_s"] = interleaved({"s4g": lambda: s4g_engine.topk_similarity(q, r, cfg["k"])}, repeat)["s4g"][0]
+        fp32_refs = {"s4g": lambda: s4g_engine.topk_similarity(q, r, cfg["k"])}
+        row["s4g_fp32_refs_s"] = interleaved(fp32_refs, repeat)["s4g"][0]
         row["fp16_vs_fp32"] = row["s4g_fp32_refs_s"] / row["s4g_s"]
         out["topk_fp16"] = row
     if "small" in sections:
@@ -415,7 +419,7 @@ def table(results: dict[str, Any]) -> str:
     if results.get("vigor"):
         rows += _ranks_lines("metrics (VIGOR size)", results["vigor"], f"R@1 {_fmt(results['vigor']['recall_at_1'])}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(wd) for c, wd in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(str(c).ljust(wd) for c, wd in zip(row, widths, strict=True)) for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                                "quick": args.quick, "threads": set_threads(threads),
                                "build_info": s4g_engine.build_info()}
     steps = [("polar", lambda: {"polar": bench_polar(sizes["polar"], args.repeat, rng)}),
-             ("topk/small/fp16", lambda: bench_topk({**sizes["topk"], **sizes["small"]} if "small" in only else sizes["topk"],
-                                                    args.repeat, rng, only)),
+             ("topk/small/fp16", lambda: bench_topk(
+                 {**sizes["topk"], **sizes["small"]} if "small" in only else sizes["topk"], args.repeat, rng, only)),
              ("ranks", lambda: {"ranks": bench_ranks(sizes["ranks"], args.repeat, rng)}),
              ("dss", lambda: {"dss": bench_dss(sizes["dss"], args.repeat, rng)}),
              ("vigor", lambda: {"vigor": bench_vigor(sizes["vigor"], args.repeat, rng)})]

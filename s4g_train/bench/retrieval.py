@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = {"n": n, "backend": backend, "queries_per_s": args.queries / sec, "build_s": build,
                    "bytes_per_reference": idx.bytes_per_reference(), "params": dict(idx.params)}
             if exact_ids is not None:
-                row["recall10_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact_ids)]))
-                row["recall1_at10"] = float(np.mean([b[0] in a for a, b in zip(ids, exact_ids)]))
+                row["recall10_overlap"] = float(np.mean([len(set(a) & set(b)) / k
+                                                         for a, b in zip(ids, exact_ids, strict=True)]))
+                row["recall1_at10"] = float(np.mean([b[0] in a for a, b in zip(ids, exact_ids, strict=True)]))
             rows.append(row)
             log.info("N=%-8d %-12s %10.1f q/s  build %.1f s  %.0f B/ref  recall %s", n, backend, row["queries_per_s"],
                      build, row["bytes_per_reference"], row.get("recall10_overlap"))

@@ -56,7 +56,7 @@ def available_bytes() -> int:
 def recalls(ids: np.ndarray, exact: np.ndarray, k: int) -> dict[str, float]:
     """recall@1 (top-1 equals the exact top-1) and recall@k (overlap of the top-k sets)."""
     return {"recall_at_1": float(np.mean(ids[:, 0] == exact[:, 0])),
-            "recall_at_k": float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(ids, exact)]))}
+            "recall_at_k": float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(ids, exact, strict=True)]))}
 
 
 def _timed_search(idx: Any, q: np.ndarray, k: int, repeats: int) -> tuple[float, np.ndarray]:

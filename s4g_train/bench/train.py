@@ -29,8 +29,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +50,10 @@ def _row(name: str, t: dict[str, float], batch: int, **extra: Any) -> dict[str, 
 
 def _ceiling_rows(tr: Any, cfg: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The model step with the run's settings (+ fp16/GradScaler and NCHW variants)."""
+    import torch
+
     from s4g_train.bench.train_loops import model_step
     from s4g_train.device import use_channels_last
-
-    import torch
 
     cl = use_channels_last(cfg.train.channels_last, tr.device)
     kw = dict(batch=cfg.train.batch_size, device=tr.device, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,

@@ -171,7 +171,7 @@ def make_vigor(root: Path, grid: int = 4, panos_per_city: int = 6, seed: int = 0
                 write_image(root / city / "satellite" / nm, *sat_wh, rng)
         (sdir / "satellite_list.txt").write_text("\n".join(names[k] for k in sorted(names)) + "\n")
         rows = []
-        for p in range(panos_per_city):
+        for _ in range(panos_per_city):
             i, j = (int(x) for x in rng.integers(1, grid - 1, size=2))
             dn, de = rng.uniform(-step / 2, step / 2, size=2)
             n_m, e_m = i * step + dn, j * step + de

@@ -41,7 +41,7 @@ def _sha(data: bytes) -> str:
 
 def fingerprint(dim: int, shas: list[str]) -> str:
     """The fingerprint rule of s4g_engine.bundle.model_fingerprint, written out independently."""
-    return hashlib.sha256(("s4g|%d|" % dim + "|".join(shas)).encode()).hexdigest()
+    return hashlib.sha256((f"s4g|{dim}|" + "|".join(shas)).encode()).hexdigest()
 
 
 def write_config(root: Path, cfg: dict) -> None:
