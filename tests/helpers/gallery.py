@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "s4g-synthetic"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "s4g-synthetic"
 
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> Image.Image:
