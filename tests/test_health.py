@@ -106,7 +106,8 @@ def test_ddp_verdict_comes_from_rank0_every_fifth_of_a_window() -> None:
 def test_advice_names_the_runs_values() -> None:
     cfg = build_config("synthetic", overrides=[("data.dataset", "vigor-same"), ("optim.lr", "0.002")])
     text = advice_for(cfg, steps_per_epoch=31)
-    assert "optim.lr=0.002" in text and "= 31 of 744 steps" in text and "model.polar_aerial=false" in text
+    steps = 31 * cfg.train.epochs
+    assert "optim.lr=0.002" in text and f"= 31 of {steps} steps" in text and "model.polar_aerial=false" in text
     plain = advice_for(build_config("synthetic"), steps_per_epoch=75)
     assert "polar" not in plain and "s4g-data check" in plain
     with pytest.raises(ValueError, match="train.collapse"):
