@@ -78,3 +78,13 @@ def test_yaml_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "bad2.yaml").write_text(yaml.safe_dump({"train": {"epoch": 3}}))
     with pytest.raises(ValueError, match="train.epoch"):
         build_config(config_file=str(tmp_path / "bad2.yaml"))
+
+
+def test_yaml_11_words_keep_their_meaning_per_field_type():
+    """`--set train.amp=off` is the word off for a text field (YAML 1.1 would read False and the field would refuse
+    it); a boolean field still reads yes/no as booleans; a real boolean for a text field is a clear error."""
+    c = build_config("synthetic", overrides=[("train.amp", "off"), ("train.collapse", "off"), ("train.compile", "yes")])
+    assert c.train.amp == "off" and c.train.collapse == "off" and c.train.compile is True
+    assert build_config("synthetic", overrides=[("train.compile", "no")]).train.compile is False
+    with pytest.raises(ValueError, match="train.amp"):
+        build_config("synthetic", overrides=[("train.amp", "true")])
