@@ -88,6 +88,9 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--index-backend", default="auto",
                    choices=("auto", "exact", "exact-fp16", "faiss-flat", "faiss-ivfpq", "milvus"))
     b.add_argument("--out", help="index file to write (.npz)")
+    b.add_argument("--tile-side-m", type=float, default=None,
+                   help="the tiles' ground width in metres (kept in the index): with a model whose aerial view has "
+                        "centres > 1, candidates then also give the position inside the tile")
     from s4g_engine.gallery_build import add_cluster_args
 
     add_cluster_args(b)  # --ray [--address], --uri for --index-backend milvus
@@ -124,7 +127,9 @@ def index_main(argv: list[str] | None = None) -> int:
 
         idx = ReferenceIndex.load(args.file)
         print(json.dumps({"backend": idx.backend, "count": len(idx), "dim": idx.dim,
-                          "fingerprint": idx.fingerprint, "params": idx.params}, indent=2, allow_nan=False))
+                          "fingerprint": idx.fingerprint, "params": idx.params,
+                          "versions": getattr(idx, "versions", 1), "tile_side_m": getattr(idx, "tile_side_m", None)},
+                         indent=2, allow_nan=False))
         return 0
     if bool(args.images) != bool(args.coords) or bool(args.images) == bool(args.dataset):
         p.error("give either --images DIR --coords CSV, or --dataset NAME --root DIR")
@@ -145,7 +150,7 @@ def index_main(argv: list[str] | None = None) -> int:
         return gallery_build.build(args, paths, coords, ids)
     with _localiser(args, index_backend=args.index_backend) as loc:
         t0 = time.perf_counter()
-        loc.index_references(paths, coords, ids, progress=True)
+        loc.index_references(paths, coords, ids, progress=True, tile_side_m=args.tile_side_m)
         dt = time.perf_counter() - t0
         loc.save_index(args.out)
         print(f"indexed {len(paths)} references in {dt:.1f} s ({len(paths) / max(dt, 1e-9):.1f} images/s), "
@@ -184,6 +189,10 @@ def _print_table(names: Sequence[str], res: Any, truth: np.ndarray | None = None
                 extra = f"  error {float(haversine_m(truth[i, 0], truth[i, 1], c['lat'], c['lon'])):8.1f} m"
             if truth_ids is not None and c["id"] == truth_ids[i]:
                 extra += "  <- the true tile"
+            if "refined_lat" in c:
+                extra += f"  in tile: lat {c['refined_lat']:.6f}  lon {c['refined_lon']:.6f}"
+            elif "shift" in c:
+                extra += f"  centre shift {c['shift'][0]:+d},{c['shift'][1]:+d} px"
             print(f"  #{c['rank']}  score {c['score']:.4f}  lat {c['lat']:.6f}  lon {c['lon']:.6f}  id {c['id']}"
                   f"{extra}")
 

@@ -6,6 +6,10 @@
 
 With ``--ray`` the shards go to ``--shards DIR`` (default ``<out or uri>.shards``) and are then assembled, in
 tile-list order and verified, into the index (a ``.npz`` file, or a Milvus collection).
+
+Neither holds a model whose aerial view has ``centres`` > 1 (every tile embedded as several versions,
+:mod:`s4g_engine.tile_centres`): the shards and Milvus keep one embedding per tile, so such a model is refused
+with the single-process build as the way out.
 """
 
 from __future__ import annotations
@@ -50,12 +54,30 @@ def _target_index(args: argparse.Namespace, dim: int, fingerprint: str, count: i
                                   index_type=args.milvus_index, expected_count=count)
     from s4g_engine.index import ReferenceIndex
 
-    return ReferenceIndex(dim, backend=args.index_backend, fingerprint=fingerprint)
+    return ReferenceIndex(dim, backend=args.index_backend, fingerprint=fingerprint,
+                          tile_side_m=getattr(args, "tile_side_m", None))
+
+
+def refuse_tile_versions(args: argparse.Namespace) -> None:
+    """:class:`InputError` when the model embeds each tile as several versions (aerial ``centres`` > 1), which
+    neither the Ray shards nor a Milvus gallery can hold."""
+    from s4g_engine.bundle import read_bundle_config
+    from s4g_engine.errors import InputError
+    from s4g_engine.preprocess import DataContract
+
+    centres = DataContract.from_config(read_bundle_config(args.model, verify=False)["views"]).aerial.centres
+    if centres > 1:
+        how = "--ray" if args.ray else "--index-backend milvus"
+        raise InputError(f"{args.model}: this model embeds each tile as {centres}×{centres} versions (config.json "
+                         f"views.aerial.centres = {centres}), which {how} cannot hold (one embedding per tile); "
+                         "expected the single-process build: s4g-index build without --ray, with --index-backend "
+                         "auto, exact or exact-fp16 and --out FILE")
 
 
 def build(args: argparse.Namespace, paths: Sequence[str], coords: np.ndarray, ids: Sequence[str]) -> int:
     """Build the index of ``args`` (``--ray`` and/or Milvus); prints one summary line."""
     t0 = time.perf_counter()
+    refuse_tile_versions(args)
     dest = args.uri if args.index_backend == "milvus" else args.out
     if args.ray:
         from s4g_engine.ray_embed import RayEmbedConfig, embed_to_shards

@@ -15,6 +15,12 @@ index either before or after an ``add``. The file format and its checks are in :
 
 An approximate search may find fewer than ``k`` candidates: those are marked by the sentinel index −1 with
 score −inf (faiss's own −3.4e38 is normalised to −inf).
+
+Tiles with versions (``versions`` = S > 1, a model whose aerial view has ``centres`` = n, S = n·n; see
+:mod:`s4g_engine.tile_centres`): the index holds ``N·S`` embeddings, tile-major, but counts, ids and coords are
+per tile; a tile scores the best of its versions and :meth:`ReferenceIndex.search_versions` also says which
+version that was. Only the exact backends support it (the grouping over versions is exact there); faiss and
+Milvus refuse it with an :class:`~s4g_engine.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from s4g_engine.errors import DependencyError, InputError, StateError
-from s4g_engine.index_file import import_faiss, read_index, write_index
+from s4g_engine.errors import DependencyError, InputError, ModelMismatchError, StateError
+from s4g_engine.index_file import MAX_VERSIONS, import_faiss, read_index, write_index
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,24 @@ def check_ids(ids: Any, n: int) -> list[str] | None:
     return out
 
 
+def check_versions(versions: Any) -> int:
+    """``versions`` (embeddings per tile) as an int in ``[1, MAX_VERSIONS]``, else :class:`InputError`."""
+    if isinstance(versions, (bool, np.bool_)) or not isinstance(versions, (int, np.integer)) \
+            or not 1 <= versions <= MAX_VERSIONS:
+        raise InputError(f"versions (embeddings per tile) must be an integer in [1, {MAX_VERSIONS}], got {versions!r}")
+    return int(versions)
+
+
+def check_tile_side_m(value: Any) -> float | None:
+    """``tile_side_m`` (a tile's ground width in metres) as a positive finite float, or None (unknown)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < float(value) < 1e7:
+        raise InputError(f"tile_side_m must be a tile's ground width in metres (a number > 0), or None, got {value!r}")
+    return float(value)
+
+
 def _check_k(k: Any, n: int) -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
@@ -124,20 +148,30 @@ def _check_k(k: Any, n: int) -> int:
 
 
 class ReferenceIndex:
-    """Embeddings ``(N, d)`` + coords ``(N, 2)`` + ids, searched by inner product.
+    """Embeddings ``(N·S, d)`` of ``N`` tiles (``S`` = ``versions`` per tile, tile-major; 1 = one per tile) +
+    coords ``(N, 2)`` + ids, searched by inner product.
 
-    ``search(queries (Q, d), k) -> (scores float32 (Q, k), indices int64 (Q, k))``, best first.
+    ``search(queries (Q, d), k) -> (scores float32 (Q, k), indices int64 (Q, k))``, best tiles first (a tile
+    scores the best of its versions); :meth:`search_versions` adds the best version of each hit. ``len`` counts
+    tiles. ``tile_side_m``: the tiles' ground width in metres when known (kept in the file).
     ``add`` may be called many times; the backend is resolved (``auto``) and faiss structures are built
     lazily on the next ``search``/``save``. Safe to use from several threads (see the module docstring).
     """
 
     def __new__(cls, dim: int = 0, *, backend: str = "auto", uri: str | None = None, **kw: Any) -> Any:
         if backend in PLUGIN_BACKENDS:  # a new gallery in e.g. Milvus; __init__ is not run
+            versions = kw.pop("versions", 1)
+            kw.pop("tile_side_m", None)
+            if versions != 1:
+                raise InputError(f"index backend {backend!r} holds one embedding per tile, but this model embeds each "
+                                 f"tile as {versions} versions (config.json views.aerial.centres > 1); expected "
+                                 "backend 'exact' or 'exact-fp16' (or 'auto') for such a model")
             return importlib.import_module(PLUGIN_BACKENDS[backend]).create_index(dim, uri, **kw)
         return super().__new__(cls)
 
     def __init__(self, dim: int, *, backend: str = "auto", fingerprint: str | None = None,
-                 nlist: int | None = None, pq_m: int | None = None, nprobe: int = 32, use_gpu: bool = True) -> None:
+                 nlist: int | None = None, pq_m: int | None = None, nprobe: int = 32, use_gpu: bool = True,
+                 versions: int = 1, tile_side_m: float | None = None) -> None:
         if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
             raise InputError(f"index dim must be an integer in [1, {MAX_DIM}], got {dim!r}")
         if backend not in BACKENDS:
@@ -145,6 +179,12 @@ class ReferenceIndex:
         for name, v in (("nlist", nlist), ("pq_m", pq_m), ("nprobe", nprobe)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        self.versions = check_versions(versions)
+        if self.versions > 1 and backend not in ("auto", "exact", "exact-fp16"):
+            raise InputError(f"index backend {backend!r} cannot hold tiles with {self.versions} versions each (a model "
+                             "with views.aerial.centres > 1): only the exact backends group a tile's versions "
+                             "exactly; expected backend 'exact', 'exact-fp16' or 'auto'")
+        self.tile_side_m = check_tile_side_m(tile_side_m)
         self.dim = int(dim)
         self.requested = backend
         self.backend: str | None = None if backend == "auto" else backend
@@ -171,7 +211,8 @@ class ReferenceIndex:
         return self._ids
 
     def add(self, embeddings: np.ndarray, coords: Any, ids: Sequence[str] | None = None) -> None:
-        """Append ``embeddings`` float32 ``(n, d)`` (L2-normalised) with ``coords`` ``(n, 2)`` and ``ids``."""
+        """Append ``n`` tiles: ``embeddings`` float32 ``(n·S, d)`` (L2-normalised; S = :attr:`versions`, row
+        ``t·S + s`` = tile ``t``'s version ``s``) with ``coords`` ``(n, 2)`` and ``ids`` (one per tile)."""
         try:
             e = np.asarray(embeddings, dtype=np.float32)
         except (TypeError, ValueError):
@@ -181,7 +222,10 @@ class ReferenceIndex:
             raise InputError(f"expected embeddings of shape (n, {self.dim}), got {e.shape}")
         if not np.isfinite(e).all():
             raise InputError("embeddings contain NaN/Inf; expected finite values — check the encoder and its inputs")
-        n = e.shape[0]
+        if e.shape[0] % self.versions:
+            raise InputError(f"expected {self.versions} embeddings per tile (this index's versions), got {e.shape[0]} "
+                             "rows, not a whole number of tiles; embed tiles with Localiser.embed_aerial_versions")
+        n = e.shape[0] // self.versions
         c = validate_coords(coords, n)
         id_list = check_ids(ids, n)
         with self._lock:
@@ -192,6 +236,10 @@ class ReferenceIndex:
 
     # -- building ---------------------------------------------------------------------------------------
     def _resolve(self) -> str:
+        if self.backend is None and self.versions > 1:
+            # Only the exact backends group versions; float32 because grouped_topk scores in float32.
+            self.backend = "exact"
+            log.info("index backend auto → exact for %d tiles × %d versions", len(self), self.versions)
         if self.backend is None:
             self.backend = choose_backend(len(self))
             log.info("index backend auto → %s for %d references", self.backend, len(self))
@@ -247,8 +295,17 @@ class ReferenceIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` references per query: ``(scores float32 (Q, k), indices int64 (Q, k))``, best first.
 
-        Candidates an approximate backend did not find have index −1 and score −inf.
+        Candidates an approximate backend did not find have index −1 and score −inf. With versions, a tile's
+        score is its best version's (:meth:`search_versions`).
         """
+        scores, idx, _ = self.search_versions(queries, k)
+        return scores, idx
+
+    def search_versions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` tiles per query and the best version of each: ``(scores float32 (Q, k), tile indices int64
+        (Q, k), versions int64 (Q, k) in [0, S))``, best first; a tile scores the maximum over its versions and
+        ties go to the lower tile index (exact: :func:`s4g_engine.tile_centres.grouped_topk`). With one version
+        per tile the versions are all 0 and the rest is :meth:`search`'s answer."""
         try:
             q = np.ascontiguousarray(queries, dtype=np.float32)
         except (TypeError, ValueError):
@@ -269,20 +326,27 @@ class ReferenceIndex:
             if backend not in ("exact", "exact-fp16"):
                 # faiss indexes are modified in place by add(): search them under the lock.
                 scores, idx = self._faiss.search(q, k)
-        if backend in ("exact", "exact-fp16"):
+        version = None
+        if backend in ("exact", "exact-fp16") and self.versions > 1:
+            from s4g_engine.tile_centres import grouped_topk
+
+            # a float16 gallery is converted to float32 by grouped_topk on every call (costly for big galleries)
+            scores, idx, version = grouped_topk(q, emb, self.versions, k)
+        elif backend in ("exact", "exact-fp16"):
             from s4g_engine.kernels import topk_similarity  # the compiled core
 
             scores, idx = topk_similarity(q, emb, k)  # emb: an immutable snapshot
         scores = np.asarray(scores, dtype=np.float32)
         idx = np.asarray(idx, dtype=np.int64)
         scores[idx < 0] = -np.inf  # faiss pads missing candidates with -3.4e38
-        return scores, idx
+        version = np.zeros(idx.shape, np.int64) if version is None else np.asarray(version, np.int64)
+        return scores, idx, version
 
     def bytes_per_reference(self) -> float:
-        """Memory of the searchable structure per reference (without coords/ids)."""
+        """Memory of the searchable structure per reference tile, all its versions (without coords/ids)."""
         self._materialise()
         if self.backend in ("exact", "exact-fp16"):
-            return float(self._emb.itemsize * self.dim) if self._emb is not None else 0.0
+            return float(self._emb.itemsize * self.dim * self.versions) if self._emb is not None else 0.0
         if self.backend == "faiss-flat":
             return float(4 * self.dim)
         return float(self._faiss.code_size) + 8.0  # PQ code + stored id
@@ -296,7 +360,9 @@ class ReferenceIndex:
             self._materialise()
             n = len(self._ids)
             meta = {"backend": self.backend, "dim": self.dim, "count": n, "fingerprint": self.fingerprint,
-                    "params": {k: v for k, v in self.params.items() if v is not None}}
+                    "params": {k: v for k, v in self.params.items() if v is not None}, "versions": self.versions}
+            if self.tile_side_m is not None:
+                meta["tile_side_m"] = self.tile_side_m
             arrays: dict[str, np.ndarray] = {"coords": self._coords,
                                              "ids": np.asarray(self._ids, dtype=str)}
             if self.backend in ("exact", "exact-fp16"):
@@ -309,9 +375,10 @@ class ReferenceIndex:
                     index = faiss.index_gpu_to_cpu(index)
                 arrays["faiss"] = np.asarray(faiss.serialize_index(index), dtype=np.uint8)
                 rows = int(index.ntotal)
-        if not (rows == n == arrays["coords"].shape[0] == arrays["ids"].shape[0]):  # never expected: a bug
-            raise StateError(f"index snapshot is inconsistent ({rows} embeddings, {arrays['coords'].shape[0]} "
-                             f"coords, {arrays['ids'].shape[0]} ids); nothing was written")
+        if not (rows == n * self.versions and n == arrays["coords"].shape[0] == arrays["ids"].shape[0]):  # a bug
+            raise StateError(f"index snapshot is inconsistent ({rows} embeddings for {self.versions} version(s) per "
+                             f"tile, {arrays['coords'].shape[0]} coords, {arrays['ids'].shape[0]} ids); nothing "
+                             "was written")
         return {"meta": meta, "arrays": arrays}
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -325,23 +392,30 @@ class ReferenceIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, expected_fingerprint: str | None = None,
-             expected_dim: int | None = None, use_gpu: bool = True) -> ReferenceIndex:
+             expected_dim: int | None = None, expected_versions: int | None = None,
+             use_gpu: bool = True) -> ReferenceIndex:
         """Read an index written by :meth:`save`, checking everything in it (:func:`index_file.read_index`).
 
         Raises :class:`MissingFileError`, :class:`FormatError` (not an index), :class:`CorruptFileError`
-        (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model).
+        (damaged, parts disagree, invalid coordinates) or :class:`ModelMismatchError` (another model, or
+        another number of versions per tile than ``expected_versions``).
         """
         for module in PLUGIN_BACKENDS.values():  # e.g. a Milvus server URI or a Milvus Lite .db file
             plugin = importlib.import_module(module)
             if plugin.is_gallery_uri(path):
+                if expected_versions not in (None, 1):
+                    raise ModelMismatchError(f"gallery {str(path)!r} holds one embedding per tile, but this model "
+                                             f"embeds each tile as {expected_versions} versions (config.json "
+                                             "views.aerial.centres > 1); expected an index file built by "
+                                             "`s4g-index build --index-backend exact` with this model")
                 return plugin.open_index(str(path), expected_fingerprint=expected_fingerprint,
                                          expected_dim=expected_dim)
         meta, arrays, faiss_index = read_index(path, expected_fingerprint=expected_fingerprint,
-                                               expected_dim=expected_dim)
+                                               expected_dim=expected_dim, expected_versions=expected_versions)
         params = dict(meta["params"])
         idx = cls(meta["dim"], backend=meta["backend"], fingerprint=meta["fingerprint"],
                   nlist=params.get("nlist"), pq_m=params.get("pq_m"), nprobe=params.get("nprobe", 32),
-                  use_gpu=use_gpu)
+                  use_gpu=use_gpu, versions=meta["versions"], tile_side_m=meta.get("tile_side_m"))
         idx.params.update(params)
         idx._coords = arrays["coords"]
         idx._ids = arrays["ids"]

@@ -1,8 +1,15 @@
 """The index file: one ``.npz`` (a zip of ``.npy`` arrays; no pickle), written atomically, read with checks.
 
-Members: ``meta`` (UTF-8 JSON as uint8: format, version, backend, dim, count, model fingerprint, parameters),
-``coords`` float64 ``(N, 2)`` lat/lon degrees, ``ids`` unicode ``(N,)``, and either ``embeddings``
-(``float32``/``float16`` ``(N, dim)``, exact backends) or ``faiss`` (faiss's own serialisation as uint8).
+Members: ``meta`` (UTF-8 JSON as uint8: format, version, backend, dim, count, model fingerprint, parameters,
+``versions`` and ``tile_side_m``), ``coords`` float64 ``(N, 2)`` lat/lon degrees, ``ids`` unicode ``(N,)``, and
+either ``embeddings`` (``float32``/``float16`` ``(N·versions, dim)``, exact backends) or ``faiss`` (faiss's own
+serialisation as uint8).
+
+``versions`` = S: each of the ``N`` tiles is embedded about ``S`` centres (the model's aerial ``centres`` n,
+S = n·n, :mod:`s4g_engine.tile_centres`), stored tile-major (row ``t·S + s`` is tile ``t``, version ``s``); only
+the exact backends hold S > 1. A file without the field (written before it existed) has S = 1.
+``tile_side_m`` (optional, > 0): the ground width of a tile in metres, which turns a version's pixel shift into
+a position inside the tile.
 
 Writing goes through :mod:`s4g_engine.fileio` (temporary file, fsync, rename): a crash or ``kill -9`` leaves
 the previous file intact. Reading trusts nothing: a file that is not a zip, a zip of other arrays, a member
@@ -34,6 +41,7 @@ from s4g_engine.errors import (
     S4GError,
 )
 from s4g_engine.fileio import atomic_write_with
+from s4g_engine.tile_centres import MAX_CENTRES
 
 __all__ = ["FORMAT", "VERSION", "write_index", "read_index", "import_faiss"]
 
@@ -45,6 +53,7 @@ _REBUILD = "rebuild it with `s4g-index build`"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _MAX_META = 1 << 20
 _MAX_RATIO = 1000  # a compressed member may not expand more than this (zip bomb)
+MAX_VERSIONS = MAX_CENTRES * MAX_CENTRES  # versions per tile: an n × n grid of centres
 
 
 def import_faiss() -> Any:
@@ -144,6 +153,15 @@ def _parse_meta(raw: np.ndarray | None, p: Path) -> dict[str, Any]:
         raise FormatError(f"{str(p)!r}: meta.backend must be one of {_BACKENDS}, got {meta.get('backend')!r}")
     _int_field(meta, "count", 1, 1 << 40, p)
     _int_field(meta, "dim", 1, 1 << 16, p)
+    meta.setdefault("versions", 1)  # a file written before tiles had versions
+    _int_field(meta, "versions", 1, MAX_VERSIONS, p)
+    if meta["versions"] > 1 and meta["backend"] not in ("exact", "exact-fp16"):
+        raise FormatError(f"{str(p)!r}: meta.versions = {meta['versions']} (tiles embedded about several centres) "
+                          f"needs an exact backend, got {meta['backend']!r}; {_REBUILD}")
+    side = meta.get("tile_side_m")
+    if side is not None and (isinstance(side, bool) or not isinstance(side, (int, float)) or not 0 < side < 1e7):
+        raise FormatError(f"{str(p)!r}: meta.tile_side_m must be a positive number of metres or null, got {side!r}; "
+                          f"{_REBUILD}")
     fp = meta.get("fingerprint")
     if fp is not None and not isinstance(fp, str):
         raise FormatError(f"{str(p)!r}: meta.fingerprint must be a string or null, got {fp!r}")
@@ -176,11 +194,12 @@ def _check_arrays(data: dict[str, np.ndarray], n: int, p: Path) -> tuple[np.ndar
 
 
 def _check_embeddings(data: dict[str, np.ndarray], meta: dict[str, Any], p: Path) -> np.ndarray:
-    n, dim = meta["count"], meta["dim"]
+    n, dim = meta["count"] * meta["versions"], meta["dim"]
     emb = data.get("embeddings")
     want = np.float16 if meta["backend"] == "exact-fp16" else np.float32
     if emb is None or emb.shape != (n, dim) or emb.dtype != want:
-        raise CorruptFileError(f"{str(p)!r}: expected embeddings {np.dtype(want).name} ({n}, {dim}) as meta says, got "
+        raise CorruptFileError(f"{str(p)!r}: expected embeddings {np.dtype(want).name} ({n}, {dim}) as meta says "
+                               f"({meta['count']} tiles × {meta['versions']} versions), got "
                                f"{getattr(emb, 'dtype', None)} {getattr(emb, 'shape', None)}; {_REBUILD}")
     if not np.isfinite(emb).all():
         raise CorruptFileError(f"{str(p)!r}: the embeddings contain NaN/Inf; expected finite values; {_REBUILD}")
@@ -211,8 +230,10 @@ def _load_faiss(data: dict[str, np.ndarray], meta: dict[str, Any], p: Path) -> A
 
 
 def read_index(path: str | os.PathLike[str], *, expected_fingerprint: str | None = None,
-               expected_dim: int | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """``(meta, {"coords", "ids", "embeddings"?}, faiss index or None)`` from an index file, fully checked."""
+               expected_dim: int | None = None,
+               expected_versions: int | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """``(meta, {"coords", "ids", "embeddings"?}, faiss index or None)`` from an index file, fully checked;
+    ``expected_versions``: the versions per tile the model embeds (its aerial ``centres`` squared)."""
     p = Path(path)
     _open_checked(p)
     data = _read_members(p)
@@ -224,6 +245,11 @@ def read_index(path: str | os.PathLike[str], *, expected_fingerprint: str | None
     if expected_dim is not None and meta["dim"] != expected_dim:
         raise ModelMismatchError(f"index {str(p)!r} holds {meta['dim']}-dim embeddings, but this model embeds into "
                                  f"{expected_dim} dims; rebuild the index with this model (`s4g-index build`)")
+    if expected_versions is not None and meta["versions"] != expected_versions:
+        raise ModelMismatchError(f"index {str(p)!r} holds {meta['versions']} version(s) per tile, but this model "
+                                 f"embeds each tile as {expected_versions} version(s) (an n × n grid of centres, "
+                                 "config.json views.aerial.centres = n); rebuild the index with this model's bundle "
+                                 "(`s4g-index build --model ...`)")
     coords, ids = _check_arrays(data, meta["count"], p)
     arrays: dict[str, Any] = {"coords": coords, "ids": ids}
     faiss_index = None

@@ -8,6 +8,12 @@
 A bundle is a folder written by ``s4g-export``: ``ground.onnx``, ``aerial.onnx`` (+ ``*.fp16.onnx``,
 TensorRT engines) and ``config.json`` with the data contract of each view, the sha256 of every file and
 the model fingerprint. Loading verifies every listed file against its sha256.
+
+A model whose aerial view has ``centres`` = n > 1 (docs/METHOD.md §10, :mod:`s4g_engine.tile_centres`) embeds
+each gallery tile as S = n·n versions, shifted so that each point of an n × n grid over the tile's central half
+becomes the centre: :meth:`Localiser.embed_aerial_versions` gives them (``(N·S, d)``, tile-major), the index keeps
+them all and a tile scores its best version; each candidate then also carries that version's pixel shift and,
+when the tiles' ground width is known (``tile_side_m``), the position it points to inside the tile.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,71 +43,17 @@ from s4g_engine.bundle import (  # noqa: F401
 )
 from s4g_engine.encoders import Encoder
 from s4g_engine.errors import InputError, MissingFileError, StateError
-from s4g_engine.index import ReferenceIndex, check_ids
+from s4g_engine.index import ReferenceIndex, check_ids, check_tile_side_m
 from s4g_engine.limits import check_batch
+from s4g_engine.localise_result import LocaliseResult
 from s4g_engine.preprocess import BatchPipeline, DataContract, ImageLike, ViewSpec, as_image_list
+from s4g_engine.tile_centres import centre_grid, fill_colour, shift_tile, shift_to_offset
 
 log = logging.getLogger(__name__)
 
 #: ``precision=``: auto (CPU: fastest at full accuracy, see s4g_engine.backends; GPU: fp16 when present),
 #: fp32, fp16 (GPU graphs), bf16 (OpenVINO on bf16 CPUs), int8 (an int8 graph from s4g-export --cpu-int8).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-
-
-@dataclass(frozen=True, eq=False)
-class LocaliseResult:
-    """Top-``k`` candidates for ``n`` query images.
-
-    ``scores`` float32 ``(n, k)`` cosine similarities, best first; ``indices`` int64 ``(n, k)`` rows of the
-    index; ``ids`` ``n`` lists of ``k`` reference ids; ``coords`` float64 ``(n, k, 2)`` (lat, lon) degrees.
-    An approximate (IVF-PQ) index may find fewer than ``k`` candidates; the missing ones are marked by the
-    sentinel index −1, with score −inf, id ``""`` and NaN coords, and are left out of :meth:`to_geojson` and
-    :meth:`to_dict` (whose output is strict JSON: no NaN, no Infinity). ``timings`` seconds per stage on the
-    calling thread, adding up to ``total_s``: ``decode_s`` (time the encoder waited for decoded/preprocessed
-    images), ``encode_s``, ``search_s``, ``other_s`` (validation, result building); plus the decode pool's
-    own work, overlapped with the encoder when pipelined: ``decode_work_s`` (decode + resize) and
-    ``preprocess_work_s`` (normalisation / polar transform).
-    """
-
-    scores: np.ndarray
-    indices: np.ndarray
-    ids: list[list[str]]
-    coords: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def candidates(self, i: int) -> list[dict[str, Any]]:
-        """Query ``i``'s found candidates as ``{rank, score, id, index, lat, lon}`` (sentinels left out)."""
-        out = []
-        for r in range(self.scores.shape[1]):
-            j = int(self.indices[i, r])
-            lat, lon = (float(v) for v in self.coords[i, r])
-            if j < 0 or not (np.isfinite(lat) and np.isfinite(lon) and np.isfinite(self.scores[i, r])):
-                continue  # the sentinel of a candidate an approximate index did not find
-            out.append({"rank": r + 1, "score": float(self.scores[i, r]), "id": self.ids[i][r], "index": j,
-                        "lat": lat, "lon": lon})
-        return out
-
-    def to_dict(self, query_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """``{"results": [{"image", "candidates": [{rank, score, id, index, lat, lon}]}], "timings"}``
-        (strict JSON types; missing candidates left out)."""
-        n = self.scores.shape[0]
-        names = list(query_names) if query_names is not None else [str(i) for i in range(n)]
-        return {"results": [{"image": names[i], "candidates": self.candidates(i)} for i in range(n)],
-                "timings": {k: float(v) for k, v in self.timings.items()}}
-
-    def to_geojson(self, query_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """A GeoJSON FeatureCollection: one Point ``[lon, lat]`` per candidate, with query, rank, score, id
-        (missing candidates left out)."""
-        n = self.scores.shape[0]
-        names = list(query_names) if query_names is not None else [str(i) for i in range(n)]
-        feats = []
-        for i in range(n):
-            for c in self.candidates(i):
-                feats.append({"type": "Feature",
-                              "geometry": {"type": "Point", "coordinates": [c["lon"], c["lat"]]},
-                              "properties": {"query": names[i], "rank": c["rank"], "score": c["score"],
-                                             "id": c["id"], "index": c["index"]}})
-        return {"type": "FeatureCollection", "features": feats}
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
@@ -148,8 +99,14 @@ class Localiser:
             self.encoder_choice[view] = {"runtime": backend, "precision": precision, "source": "requested"}
             self.encoders[view] = open_view_encoder(self.root, view, files, self.specs[view], self.embed_dim,
                                                     backend=backend, device=device, threads=threads)
+        aerial = self.specs["aerial"]
+        #: Versions per gallery tile (S = n·n for the aerial view's ``centres`` = n) and their pixel shifts
+        #: ``(S, 2)`` from the tile centre in the stage image (:func:`s4g_engine.tile_centres.centre_grid`).
+        self.aerial_versions = aerial.centres * aerial.centres
+        self.version_shifts = centre_grid(aerial.centres, aerial.stage_size[0])
         self.index_backend = index_backend
-        self.index = ReferenceIndex(self.embed_dim, backend=index_backend, fingerprint=self.fingerprint)
+        self.index = ReferenceIndex(self.embed_dim, backend=index_backend, fingerprint=self.fingerprint,
+                                    versions=self.aerial_versions)
         self._index_lock = threading.Lock()  # load_index swaps the index only once the new one is valid
         self._closed = False
         self._pipeline = BatchPipeline(decode_threads)
@@ -255,8 +212,9 @@ class Localiser:
         self.close()
 
     # -- embedding --------------------------------------------------------------------------------------
-    def _encoded(self, imgs: Sequence[ImageLike], view: str, timings: dict[str, float], *,
-                 progress: bool | None = None, pipelined: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    def _encoded(self, imgs: Sequence[Any], view: str, timings: dict[str, float], *,
+                 progress: bool | None = None, pipelined: bool = True,
+                 spec: Any = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, embeddings)`` per batch, in input order, adding the stage times to ``timings``.
 
         ``pipelined``: decode + preprocess run on the decode pool, batches ahead of the encoder (a bounded
@@ -264,8 +222,9 @@ class Localiser:
         each batch is prepared on the calling thread right before it is encoded (the same batches, so the
         same results). ``decode_s`` = time the encoder waited for its input; ``decode_work_s`` /
         ``preprocess_work_s`` = the decode pool's own work (overlapped with the encoder when pipelined).
+        ``spec``: what prepares ``imgs`` instead of the view's :class:`ViewSpec` (the tile versions' adapter).
         """
-        spec, enc = self.specs[view], self.encoders[view]
+        spec, enc = spec or self.specs[view], self.encoders[view]
         bar = _progress(len(imgs), progress, f"embed {view}")
         work: dict[str, float] = {}
         t_wait = t_enc = 0.0
@@ -300,11 +259,17 @@ class Localiser:
                 timings[key] = timings.get(key, 0.0) + val
 
     def _embed(self, images: Any, view: str, *, progress: bool | None = None,
-               timings: dict[str, float] | None = None) -> np.ndarray:
+               timings: dict[str, float] | None = None, versions: bool = False) -> np.ndarray:
         self._check_open()
-        imgs = as_image_list(images)
+        imgs: list[Any] = as_image_list(images)
+        spec = None
+        if versions and self.aerial_versions > 1:
+            S = self.aerial_versions
+            holders = [_TileStage(im, S) for im in imgs]
+            imgs = [(h, s) for h in holders for s in range(S)]  # tile-major: row t·S + s
+            spec = _VersionView(self.specs[view], self.version_shifts)
         out = np.empty((len(imgs), self.embed_dim), dtype=np.float32)
-        for pos, emb in self._encoded(imgs, view, {} if timings is None else timings, progress=progress):
+        for pos, emb in self._encoded(imgs, view, {} if timings is None else timings, progress=progress, spec=spec):
             out[pos:pos + emb.shape[0]] = emb
         return out
 
@@ -313,15 +278,28 @@ class Localiser:
         return self._embed(images, "ground", progress=progress)
 
     def embed_aerial(self, images: ImageLike | Sequence[ImageLike], *, progress: bool | None = None) -> np.ndarray:
-        """Aerial tiles (one or a list) → float32 ``(n, d)`` L2-normalised embeddings."""
+        """Aerial tiles (one or a list) → float32 ``(n, d)`` L2-normalised embeddings, one per tile, each about
+        its own centre. For a gallery of a model with aerial ``centres`` > 1 use :meth:`embed_aerial_versions`
+        (what :meth:`index_references` stores); with ``centres`` = 1 the two are the same."""
         return self._embed(images, "aerial", progress=progress)
+
+    def embed_aerial_versions(self, images: ImageLike | Sequence[ImageLike], *,
+                              progress: bool | None = None) -> np.ndarray:
+        """Aerial tiles → float32 ``(n·S, d)`` L2-normalised embeddings, tile-major: row ``t·S + s`` is tile ``t``
+        shifted by :attr:`version_shifts` ``[s]`` (S = :attr:`aerial_versions`; pixels shifted in from outside
+        the tile take the backbone's mean colour), then preprocessed as usual. S = 1: :meth:`embed_aerial`."""
+        return self._embed(images, "aerial", progress=progress, versions=True)
 
     # -- index ------------------------------------------------------------------------------------------
     def index_references(self, images: ImageLike | Sequence[ImageLike], coords: Any,
-                         ids: Sequence[str] | None = None, *, progress: bool | None = None) -> int:
-        """Embed aerial tiles once and add them with their ``coords`` ``(n, 2)`` (lat, lon degrees).
+                         ids: Sequence[str] | None = None, *, progress: bool | None = None,
+                         tile_side_m: float | None = None) -> int:
+        """Embed aerial tiles once and add them with their ``coords`` ``(n, 2)`` (lat, lon degrees): every
+        version of each tile (:meth:`embed_aerial_versions`) when the model has aerial ``centres`` > 1.
 
-        Returns the index size afterwards. Coordinates and ids are validated before anything is embedded.
+        ``tile_side_m``: the tiles' ground width in metres (kept in the index file), which lets :meth:`localise`
+        turn the best version's shift into a position inside the tile; it must agree with the index's.
+        Returns the index size (tiles) afterwards. Coordinates and ids are validated before anything is embedded.
         """
         from s4g_engine.index import validate_coords
 
@@ -329,11 +307,30 @@ class Localiser:
         imgs = as_image_list(images)
         c = validate_coords(coords, len(imgs))
         id_list = check_ids(ids, len(imgs))
-        emb = self._embed(imgs, "aerial", progress=progress)
+        side = check_tile_side_m(tile_side_m)
+        with self._index_lock:
+            index = self.index
+        self._check_index(index, side)
+        emb = self._embed(imgs, "aerial", progress=progress, versions=True)
         with self._index_lock:  # the index that was current when embedding finished gets the rows
             index = self.index
+        self._check_index(index, side)
         index.add(emb, c, id_list)
+        if side is not None and hasattr(index, "tile_side_m"):
+            index.tile_side_m = side
         return len(index)
+
+    def _check_index(self, index: Any, tile_side_m: float | None) -> None:
+        """The index holds as many versions per tile as this model makes, and no other tile width."""
+        have = getattr(index, "versions", 1)
+        if have != self.aerial_versions:
+            raise StateError(f"the current index holds {have} version(s) per tile, this model makes "
+                             f"{self.aerial_versions}; expected an index created for this model (Localiser(...) "
+                             "makes one; ReferenceIndex(dim, versions=loc.aerial_versions))")
+        old = getattr(index, "tile_side_m", None)
+        if tile_side_m is not None and old is not None and len(index) and old != tile_side_m:
+            raise InputError(f"tile_side_m={tile_side_m:g} m, but the index's tiles are {old:g} m wide; expected the "
+                             "same ground width for every tile of one index (or tile_side_m=None)")
 
     def save_index(self, path: str | os.PathLike[str]) -> None:
         """Write the reference index atomically (``.npz``, no pickle) with this model's fingerprint; the file
@@ -346,10 +343,12 @@ class Localiser:
 
         The file is read and checked completely first (format, integrity, fingerprint, embedding size); only
         then does it replace the current index, so a refused file leaves the working index untouched.
-        Raises :class:`~s4g_engine.errors.ModelMismatchError` if another model built it.
+        Raises :class:`~s4g_engine.errors.ModelMismatchError` if another model built it, or it holds another
+        number of versions per tile than this model makes (aerial ``centres``).
         """
         self._check_open()
-        new = ReferenceIndex.load(path, expected_fingerprint=self.fingerprint, expected_dim=self.embed_dim)
+        new = ReferenceIndex.load(path, expected_fingerprint=self.fingerprint, expected_dim=self.embed_dim,
+                                  expected_versions=self.aerial_versions)
         with self._index_lock:
             self.index = new
         return len(new)
@@ -375,13 +374,20 @@ class Localiser:
         timings: dict[str, float] = {}
         scores = np.empty((len(imgs), int(k)), np.float32)
         idx = np.empty((len(imgs), int(k)), np.int64)
+        self._check_index(index, None)  # versions per tile as this model makes (e.g. an index assigned by hand)
+        versioned = self.aerial_versions > 1
+        version = np.zeros((len(imgs), int(k)), np.int64)
         t_search = 0.0
         # Each batch is searched as soon as it is embedded (one call into the index per batch) while the
         # decode pool prepares the next ones; the search keeps half the cores so it does not oversubscribe them.
         with _kernel_threads(_search_threads()):
             for pos, emb in self._encoded(imgs, "ground", timings, pipelined=pipelined):
                 t1 = time.perf_counter()
-                scores[pos:pos + emb.shape[0]], idx[pos:pos + emb.shape[0]] = index.search(emb, int(k))
+                rows = slice(pos, pos + emb.shape[0])
+                if versioned:
+                    scores[rows], idx[rows], version[rows] = index.search_versions(emb, int(k))
+                else:
+                    scores[rows], idx[rows] = index.search(emb, int(k))
                 t_search += time.perf_counter() - t1
         timings["search_s"] = t_search
         # An approximate (IVF-PQ) search may find fewer than k candidates: faiss pads with −1.
@@ -392,9 +398,24 @@ class Localiser:
             coords = index.coords[np.where(missing, 0, idx)]
             coords[missing] = np.nan
             ids = self._id_table(index)[idx].tolist()  # row −1 of the table is "", the id of a missing candidate
+        extra = self._version_fields(index, coords, version) if versioned else {}
         timings["total_s"] = time.perf_counter() - t0
         timings["other_s"] = max(0.0, timings["total_s"] - timings["decode_s"] - timings["encode_s"] - t_search)
-        return LocaliseResult(scores=scores, indices=idx, ids=ids, coords=coords, timings=timings)
+        return LocaliseResult(scores=scores, indices=idx, ids=ids, coords=coords, timings=timings, **extra)
+
+    def _version_fields(self, index: Any, coords: np.ndarray, version: np.ndarray) -> dict[str, Any]:
+        """``versions``, ``shifts`` and (with the tiles' ground width known) ``refined`` of a result: the best
+        version's centre, stage pixels → metres (tile_side_m / stage side) → (lat, lon) from the tile centre."""
+        from s4g_engine.geo import offset_latlon
+
+        shifts = self.version_shifts[version]
+        out: dict[str, Any] = {"versions": version, "shifts": shifts}
+        side = getattr(index, "tile_side_m", None)
+        if side is not None:
+            north_east = shift_to_offset(shifts, side / self.specs["aerial"].stage_size[0])
+            lat, lon = offset_latlon(coords[..., 0], coords[..., 1], north_east[..., 0], north_east[..., 1])
+            out["refined"] = np.stack([lat, lon], axis=-1)  # NaN where the candidate is missing
+        return out
 
     def _id_table(self, index: ReferenceIndex) -> np.ndarray:
         """The index's ids as an object array with ``""`` appended (so that index −1 gives ``""``), built once
@@ -407,6 +428,40 @@ class Localiser:
             table[-1] = ""
             cached = self._id_cache = (index, n, table)
         return cached[2]
+
+
+class _TileStage:
+    """One tile's uint8 stage image, decoded once for its ``S`` versions (decode threads may share it) and
+    dropped once every version has taken it."""
+
+    __slots__ = ("image", "stage", "left", "lock")
+
+    def __init__(self, image: ImageLike, versions: int) -> None:
+        self.image, self.stage, self.left, self.lock = image, None, versions, threading.Lock()
+
+    def get(self, spec: ViewSpec) -> np.ndarray:
+        with self.lock:
+            stage = self.stage if self.stage is not None else spec.load(self.image)
+            self.left -= 1
+            self.stage = stage if self.left > 0 else None
+        return stage
+
+
+class _VersionView:
+    """Prepares the items ``(tile, version)`` for :class:`BatchPipeline` (which uses a view's ``stage_size``,
+    ``input_size``, ``load`` and ``normalise_batch``): the tile's stage image shifted to the version's centre
+    (:func:`s4g_engine.tile_centres.shift_tile`, mean colour outside), then the view's own normalisation."""
+
+    def __init__(self, spec: ViewSpec, shifts: np.ndarray) -> None:
+        self.spec, self.shifts, self.fill = spec, shifts, fill_colour(spec.mean)
+        self.name, self.stage_size, self.input_size = spec.name, spec.stage_size, spec.input_size
+
+    def load(self, item: tuple[_TileStage, int]) -> np.ndarray:
+        tile, s = item
+        return shift_tile(tile.get(self.spec), int(self.shifts[s, 0]), int(self.shifts[s, 1]), self.fill)
+
+    def normalise_batch(self, stages: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.spec.normalise_batch(stages, out=out)
 
 
 def _search_threads() -> int:
