@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 from s4g_engine.errors import CorruptFileError, FormatError, InputError, InputTypeError, S4GError
 from s4g_engine.imagecheck import BYTES_TYPES, check_array_layout, check_image_path, describe_source, open_image
 from s4g_engine.limits import check_bytes, check_pixels
+from s4g_engine.tile_centres import check_centres
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class ViewSpec:
     ``input_size`` is the ``(H, W)`` the network sees. With ``polar`` the raw tile is first resized to the
     square ``polar_source_size`` (default :func:`polar_source_size`) and polar-transformed to ``input_size``.
     ``jpeg_draft``: decode JPEG files at a reduced DCT scale (as the training run did). Only RGB channel
-    order and NCHW layout exist; they are recorded so that a reader never has to guess.
+    order and NCHW layout exist; they are recorded so that a reader never has to guess. ``centres`` = n > 1:
+    the tile is embedded about an n × n grid of centres and scores the best (:mod:`s4g_engine.tile_centres`).
     """
 
     name: str
@@ -112,6 +114,7 @@ class ViewSpec:
     jpeg_draft: bool = True
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    centres: int = 1
 
     def __post_init__(self) -> None:
         n = self.name
@@ -136,6 +139,13 @@ class ViewSpec:
             set_(self, "polar_source_size", src)
         elif self.polar_source_size is not None:
             raise FormatError(f"data contract view {n!r}: polar_source_size given but polar is off")
+        try:
+            set_(self, "centres", check_centres(self.centres, f"data contract view {n!r}: centres"))
+        except InputError as exc:
+            raise FormatError(str(exc)) from None
+        if self.centres > 1 and self.stage_size[0] != self.stage_size[1]:
+            raise FormatError(f"data contract view {n!r}: centres > 1 (tiles embedded about several centres, "
+                              f"docs/METHOD.md §9.1) needs a square tile, got {list(self.stage_size)}")
 
     @property
     def stage_size(self) -> tuple[int, int]:
@@ -214,7 +224,7 @@ class ViewSpec:
                      "source_size": list(self.stage_size)}
         return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation, "channel_order": self.channel_order, "layout": self.layout,
-                "polar": polar, "jpeg_draft": self.jpeg_draft}
+                "polar": polar, "jpeg_draft": self.jpeg_draft, "centres": self.centres}
 
     @classmethod
     def from_config(cls, name: str, d: Mapping[str, Any]) -> ViewSpec:
@@ -230,7 +240,7 @@ class ViewSpec:
             raise FormatError(f"config.json view {name!r}: polar must be an object or null, got {polar!r}")
         spec = cls(name, d["input_size"], d["mean"], d["std"], str(d.get("interpolation", "bilinear")),
                    polar is not None, polar.get("source_size") if polar else None, bool(d.get("jpeg_draft", True)),
-                   str(d.get("channel_order", "RGB")), str(d.get("layout", "NCHW")))
+                   str(d.get("channel_order", "RGB")), str(d.get("layout", "NCHW")), d.get("centres", 1))
         if polar and [polar.get("height", spec.input_size[0]), polar.get("width", spec.input_size[1])] \
                 != list(spec.input_size):
             raise FormatError(f"config.json view {name!r}: polar {polar.get('height')}×{polar.get('width')} "
@@ -254,11 +264,13 @@ class DataContract:
     @classmethod
     def build(cls, *, ground_size: Sequence[int], aerial_size: Sequence[int], mean: Sequence[float],
               std: Sequence[float], interpolation: str = "bilinear", polar_aerial: bool = False,
-              jpeg_draft: bool = True) -> DataContract:
-        """The contract of a model: per-view input sizes, the backbone's mean/std, one interpolation."""
+              jpeg_draft: bool = True, tile_centres: int = 1) -> DataContract:
+        """The contract of a model: per-view input sizes, the backbone's mean/std, one interpolation;
+        ``tile_centres``: the aerial view's grid of tile centres (docs/METHOD.md §9.1)."""
         common = {"mean": mean, "std": std, "interpolation": interpolation, "jpeg_draft": jpeg_draft}
         return cls(ViewSpec("ground", ground_size, **common),  # type: ignore[arg-type]
-                   ViewSpec("aerial", aerial_size, polar=polar_aerial, **common))  # type: ignore[arg-type]
+                   ViewSpec("aerial", aerial_size, polar=polar_aerial, centres=tile_centres,  # type: ignore[arg-type]
+                            **common))
 
     def to_config(self) -> dict[str, dict[str, Any]]:
         """``{"ground": {...}, "aerial": {...}}`` — the contract part of config.json's ``views``."""

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from s4g_engine.preprocess import DataContract, ViewSpec, load_resized, polar_source_size
+from s4g_engine.tile_centres import camera_shift, fill_colour, grid_step, shift_tile
 from s4g_train.config import AugConfig, Config
 from s4g_train.model import ModelConfig
 
@@ -64,7 +65,8 @@ def build_contract(model_cfg: ModelConfig, backbone_data_config: Mapping[str, An
     interp = str(backbone_data_config["interpolation"]) if interpolation == BACKBONE else interpolation
     return DataContract.build(ground_size=model_cfg.ground_size, aerial_size=model_cfg.aerial_size,
                               mean=backbone_data_config["mean"], std=backbone_data_config["std"],
-                              interpolation=interp, polar_aerial=model_cfg.polar_aerial, jpeg_draft=jpeg_draft)
+                              interpolation=interp, polar_aerial=model_cfg.polar_aerial, jpeg_draft=jpeg_draft,
+                              tile_centres=getattr(model_cfg, "tile_centres", 1))
 
 
 def data_contract(cfg: Config, model: Any) -> DataContract:
@@ -83,6 +85,31 @@ def checkpoint_contract(model: Any, train_config: Mapping[str, Any] | None, *,
     interp = interpolation or data.get("interpolation") or "bilinear"
     return build_contract(model.cfg, model.data_config(), interpolation=interp,
                           jpeg_draft=bool(data.get("draft", True)))
+
+
+def camera_stage_px(split: Any, contract: DataContract) -> np.ndarray:
+    """float64 ``(Q, 2)``: per query of ``split``, the shift ``(dr, dc)`` in stage pixels of the aerial view that
+    moves its camera to the centre of its positive tile (VIGOR offsets; docs/METHOD.md §9.1)."""
+    off = np.asarray(getattr(split, "offsets", np.zeros((0, 0, 2))))
+    mpp = getattr(split, "metres_per_pixel", None)
+    if off.ndim != 3 or off.shape[0] != len(split.queries) or mpp is None or not np.isfinite(mpp):
+        raise ValueError(f"model.tile_centres={contract.aerial.centres} re-centres each positive tile on its "
+                         f"camera, which needs the camera offsets and metres per pixel of a VIGOR split; "
+                         f"{getattr(split, 'name', 'this dataset')} has none — set model.tile_centres=1")
+    stage = contract.aerial.stage_size[0]
+    mpp_stage = float(mpp) * tile_side_px(split.references[int(split.positive[0])]) / stage
+    return camera_shift(off[:, 0, 0], off[:, 0, 1], mpp_stage)
+
+
+def tile_side_px(path: str) -> int:
+    """The side in pixels of the square tile at ``path`` (read from the header)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    if w != h:
+        raise ValueError(f"{path}: expected a square tile, got {w}×{h} pixels")
+    return int(w)
 
 
 def load_image(path: str, size: tuple[int, int], *, draft: bool = True, interpolation: str = "bilinear") -> np.ndarray:
@@ -223,7 +250,7 @@ class PairedTrainDataset(Dataset):
 
     def __init__(self, query_paths: Sequence[str], reference_paths: Sequence[str], positive: np.ndarray, *,
                  contract: DataContract, aug: AugConfig, seed: int, cache: bool = False,
-                 decode: str = "pil") -> None:
+                 decode: str = "pil", camera_px: np.ndarray | None = None) -> None:
         positive = np.asarray(positive, np.int64)
         if positive.shape != (len(query_paths),):
             raise ValueError(f"positive must have shape ({len(query_paths)},), got {positive.shape}")
@@ -232,6 +259,21 @@ class PairedTrainDataset(Dataset):
                              f"[{positive.min()}, {positive.max()}]")
         self.positive = positive
         self.contract = contract
+        # tiles re-centred on the camera (docs/METHOD.md §9.1): camera_px[i] = the (dr, dc) stage-pixel shift that
+        # moves query i's camera to the centre of its positive tile; with contract.aerial.centres = n > 1 it is
+        # applied with ± half the gallery grid spacing of jitter, before any other augmentation
+        self.centres = contract.aerial.centres
+        if self.centres > 1:
+            if camera_px is None:
+                raise ValueError(f"model.tile_centres={self.centres} re-centres each positive tile on its camera: "
+                                 "it needs the dataset's camera offsets (VIGOR split files); this dataset has "
+                                 "none — set model.tile_centres=1")
+            camera_px = np.asarray(camera_px, np.float64)
+            if camera_px.shape != (len(positive), 2) or not np.isfinite(camera_px).all():
+                raise ValueError(f"camera_px must be finite ({len(positive)}, 2) pixel shifts, got "
+                                 f"{camera_px.shape}")
+            self._fill = fill_colour(contract.aerial.mean)
+        self.camera_px = camera_px if self.centres > 1 else None
         self.aug = aug
         self.seed = int(seed)
         tile_size = contract.aerial.stage_size
@@ -268,6 +310,8 @@ class PairedTrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         ground = self.grounds[i]
         aerial = self.aerials[int(self.positive[i])]
+        if self.camera_px is not None:
+            aerial = self._recentred(aerial, epoch, i)
         flip = bool(rng.random() < self.aug.flip_p)
         r = int(rng.integers(1, 4)) if rng.random() < self.aug.rotate_p else 0
         if self.output == "raw":  # the device flips / rotates / rolls (s4g_train.device_aug.geometric_batch)
@@ -287,6 +331,15 @@ class PairedTrainDataset(Dataset):
         return g, a, int(i)
 
 
+    def _recentred(self, tile: np.ndarray, epoch: int, i: int) -> np.ndarray:
+        """Query i's positive tile with its camera moved to the centre ± half the gallery grid spacing (own
+        random stream: runs without re-centring draw exactly what they drew before)."""
+        h = grid_step(self.centres, tile.shape[0]) / 2.0
+        j = np.random.default_rng([self.seed, int(epoch), int(i), 0x7C]).uniform(-h, h, size=2)
+        dr, dc = np.rint(self.camera_px[i] + j).astype(np.int64)
+        return shift_tile(tile, int(dr), int(dc), self._fill)
+
+
 def _u8(img: np.ndarray) -> torch.Tensor:
     """A uint8 HWC image as a tensor (copied when it is read-only or strided, e.g. a decoded PIL buffer)."""
     return torch.from_numpy(img if img.flags.writeable and img.flags.c_contiguous else np.array(img, order="C"))
@@ -302,10 +355,13 @@ class ViewDataset(Dataset):
 
     ``store``: reuse an :class:`ImageStore` (e.g. the training dataset's cached images) when it serves ``spec``.
     ``uint8``: items hold the uint8 HWC stage image instead (the device normalises; non-polar views only).
+    ``shifts``: ``(S, 2)`` pixel shifts — the dataset then has ``S`` items per image, image-major (item
+    ``b·S + s`` = image ``b`` moved by ``shifts[s]``, :func:`s4g_engine.tile_centres.shift_tile`): the versions
+    of a tile about several centres (docs/METHOD.md §9.1).
     """
 
     def __init__(self, paths: Sequence[str], spec: ViewSpec, *, cache: bool = False,
-                 store: ImageStore | None = None, uint8: bool = False) -> None:
+                 store: ImageStore | None = None, uint8: bool = False, shifts: np.ndarray | None = None) -> None:
         self.spec = spec
         if uint8 and spec.polar:
             raise ValueError(f"{spec.name} view: a polar view is normalised in the loader; uint8 items are for "
@@ -315,20 +371,35 @@ class ViewDataset(Dataset):
             self.store = store
         else:
             self.store = ImageStore(paths, spec, cache=cache, desc="decode eval")
+        self.shifts = None if shifts is None else np.asarray(shifts, np.int64).reshape(-1, 2)
+        self._fill = fill_colour(spec.mean)
+
+    @property
+    def versions(self) -> int:
+        """Items per image (1 without ``shifts``)."""
+        return 1 if self.shifts is None else len(self.shifts)
 
     def with_uint8(self, uint8: bool) -> ViewDataset:
         """The same images with the other item type (shares the store)."""
         out = ViewDataset.__new__(ViewDataset)
-        out.spec, out.store, out.uint8 = self.spec, self.store, bool(uint8)
+        out.spec, out.store, out.uint8, out.shifts, out._fill = self.spec, self.store, bool(uint8), self.shifts, \
+            self._fill
         return out
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store) * self.versions
+
+    def stage(self, i: int) -> np.ndarray:
+        """The uint8 stage image of item ``i`` (shifted when the dataset has versions)."""
+        if self.shifts is None:
+            return self.store[int(i)]
+        b, v = divmod(int(i), len(self.shifts))
+        return shift_tile(self.store[b], int(self.shifts[v, 0]), int(self.shifts[v, 1]), self._fill)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if self.uint8:
-            return _u8(self.store[int(i)]), int(i)
-        return torch.from_numpy(self.spec.normalise(self.store[int(i)])), int(i)
+            return _u8(self.stage(i)), int(i)
+        return torch.from_numpy(self.spec.normalise(self.stage(i))), int(i)
 
 
 class EpochBatchSampler:

@@ -24,7 +24,8 @@ from s4g_engine.console import cli_main
 from s4g_engine.fileio import atomic_write_text, atomic_write_with
 from s4g_engine.logs import setup_logging
 from s4g_engine.preprocess import DataContract
-from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract
+from s4g_engine.tile_centres import centre_grid, grouped_ranks, shift_to_offset
+from s4g_train.data import ImageStore, ViewDataset, checkpoint_contract, tile_side_px
 from s4g_train.device import autocast_context, pick_amp, pick_device, use_device_preprocess
 from s4g_train.feed import view_batches
 from s4g_train.model import S4GModel
@@ -73,14 +74,17 @@ def torch_embed_fns(model: S4GModel, contract: DataContract, *, batch_size: int 
                     stores: dict[str, ImageStore] | None = None,
                     device_preprocess: bool | None = None) -> tuple[EmbedFn, EmbedFn]:
     """(embed_ground, embed_aerial) functions for :func:`evaluate_split` backed by a torch model, with the
-    images preprocessed by ``contract`` (``s4g_train.data.data_contract`` / ``checkpoint_contract``)."""
+    images preprocessed by ``contract`` (``s4g_train.data.data_contract`` / ``checkpoint_contract``). With
+    ``contract.aerial.centres`` = n > 1 the aerial function returns n·n rows per tile, tile-major (§9.1)."""
 
     def make(view: str) -> EmbedFn:
         def fn(paths: Sequence[str]) -> np.ndarray:
             store = (stores or {}).get(view)
             if store is not None and store.paths != list(paths):
                 store = None
-            ds = ViewDataset(paths, contract[view], store=store)
+            spec = contract[view]
+            shifts = centre_grid(spec.centres, spec.stage_size[0]) if spec.centres > 1 else None
+            ds = ViewDataset(paths, spec, store=store, shifts=shifts)  # centres > 1: S rows per tile (§9.1)
             return embed_dataset(model, ds, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
                                  num_workers=num_workers, desc=f"embed {view}", progress=progress,
                                  device_preprocess=device_preprocess)
@@ -131,12 +135,36 @@ def subset_split(split: Any, max_queries: int | None) -> Any:
     return type(split)(**kw)
 
 
+def version_offsets_m(contract: DataContract, split: Any) -> np.ndarray | None:
+    """(north_m, east_m) of each tile-centre version of ``contract`` (docs/METHOD.md §9.1) on ``split``'s tiles:
+    ``(S, 2)``, or None when the split does not say how many metres a pixel is (no refined position then)."""
+    spec = contract.aerial
+    mpp = getattr(split, "metres_per_pixel", None)
+    if mpp is None or not np.isfinite(mpp) or not len(split.references):
+        return None
+    side = tile_side_px(split.references[0])
+    return shift_to_offset(centre_grid(spec.centres, spec.stage_size[0]), float(mpp) * side / spec.stage_size[0])
+
+
+def versions_kwargs(contract: DataContract, split: Any) -> dict[str, Any]:
+    """The ``n_versions`` / ``version_offsets`` arguments of :func:`evaluate_split` for a model's contract."""
+    n = contract.aerial.centres
+    if n == 1:
+        return {}
+    return {"n_versions": n * n, "version_offsets": version_offsets_m(contract, split)}
+
+
 def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: Any, *,
-                   max_queries: int | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                   max_queries: int | None = None, n_versions: int = 1,
+                   version_offsets: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Embed queries and references of ``split`` and compute the paper's metrics (percent).
 
-    Returns ``(metrics, query_emb (Q, D), ref_emb (N, D))``. Metrics: R@1/5/10/1% (+ ``hit_rate`` when the
-    split has semi-positives, VIGOR metre errors when it has offsets, AP for University-1652).
+    Returns ``(metrics, query_emb (Q, D), ref_emb (N·n_versions, D))``. Metrics: R@1/5/10/1% (+ ``hit_rate``
+    when the split has semi-positives, VIGOR metre errors when it has offsets, AP for University-1652).
+    ``n_versions`` > 1: ``embed_aerial_fn`` gives that many rows per tile (tile-major) and a tile scores the best
+    of them (docs/METHOD.md §9.1); with ``version_offsets`` ((S, 2) north/east metres of each version's centre)
+    the metre errors are also given for the refined position (``metre_refined_*``: the top-1 tile's best
+    version's centre instead of the tile centre).
     """
     from s4g_engine import metrics as M
 
@@ -146,28 +174,61 @@ def evaluate_split(embed_ground_fn: EmbedFn, embed_aerial_fn: EmbedFn, split: An
     r = np.ascontiguousarray(embed_aerial_fn(split.references), np.float32)
     t_embed = time.perf_counter() - t0
     semi = split.semi_positives if split.semi_positives.size else None
-    if split.query_classes is not None and split.reference_classes is not None:
+    if n_versions > 1:
+        res = _grouped_metrics(q, r, split, semi, n_versions, version_offsets)
+    elif split.query_classes is not None and split.reference_classes is not None:
         # University-1652: every gallery item of the query's class is a true match (sat→drone has many), so
         # R@k and AP come from the class labels, as the University-1652 reference evaluation computes them.
         res = dict(M.university_metrics(q, r, split.query_classes, split.reference_classes))
     else:
         res = dict(M.retrieval_metrics(q, r, split.positive, semi))
-    if split.offsets.size and np.isfinite(split.reference_gps).all():
+    if n_versions == 1 and split.offsets.size and np.isfinite(split.reference_gps).all():
         # VIGOR: metre error of the top-1 tile's centre against the labelled position (positive tile centre +
         # pixel offset × metres/px; docs/METHOD.md §7)
         truth = M.vigor_true_latlon(split.reference_gps, split.positive, split.offsets)
         errs = M.localisation_errors(q, r, split.reference_gps, truth)
         res.update({f"metre_{k}": float(v) for k, v in errs.items()})
     res = {k: float(v) for k, v in res.items()}
+    if n_versions > 1:
+        res["tile_versions"] = float(n_versions)
     res["queries"] = float(len(split.queries))
     res["references"] = float(len(split.references))
     res["embed_s"] = round(t_embed, 3)
     return res, q, r
 
 
+def _grouped_metrics(q: np.ndarray, r: np.ndarray, split: Any, semi: np.ndarray | None, n_versions: int,
+                     version_offsets: np.ndarray | None) -> dict[str, float]:
+    """The metrics of :func:`evaluate_split` when every tile has ``n_versions`` rows (docs/METHOD.md §9.1)."""
+    from s4g_engine import metrics as M
+    from s4g_engine.geo import offset_latlon
+
+    if split.query_classes is not None:
+        raise ValueError("tile centres (model.tile_centres > 1) are for one positive tile per query (VIGOR), not "
+                         "for class-labelled galleries (University-1652)")
+    if r.shape[0] != n_versions * len(split.references):
+        raise ValueError(f"expected {n_versions} aerial rows per tile ({n_versions * len(split.references)}), got "
+                         f"{r.shape[0]}")
+    g = grouped_ranks(q, r, n_versions, split.positive, semi)
+    res = dict(M.ranks_to_metrics(g["rank"], len(split.references)))
+    if semi is not None and semi.shape[1] > 0:
+        res["hit_rate"] = 100.0 * float(np.mean(g["hit"]))
+    if split.offsets.size and np.isfinite(split.reference_gps).all():
+        truth = M.vigor_true_latlon(split.reference_gps, split.positive, split.offsets)
+        top = split.reference_gps[g["top1"]]
+        res.update({f"metre_{k}": float(v) for k, v in M.metre_errors(top, truth).items()})
+        if version_offsets is not None:
+            off = np.asarray(version_offsets, np.float64)[g["top1_version"]]
+            lat, lon = offset_latlon(top[:, 0], top[:, 1], off[:, 0], off[:, 1])
+            res.update({f"metre_refined_{k}": float(v)
+                        for k, v in M.metre_errors(np.column_stack([lat, lon]), truth).items()})
+    return res
+
+
 #: VIGOR columns of :func:`format_table` (metric key → header): hit rate and the top-1 tile's metre error.
 VIGOR_COLUMNS = {"hit_rate": "hit rate", "metre_median_m": "median m", "metre_mean_m": "mean m",
-                 "metre_acc@10m": "≤10 m %", "metre_acc@25m": "≤25 m %", "metre_acc@50m": "≤50 m %"}
+                 "metre_acc@10m": "≤10 m %", "metre_acc@25m": "≤25 m %", "metre_acc@50m": "≤50 m %",
+                 "metre_refined_median_m": "refined median m"}
 
 
 def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] = ("R@1", "R@5", "R@10", "R@1%")) -> str:
@@ -223,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     contract = checkpoint_contract(model, info.get("config"))  # as trained (and as s4g-export records it)
     eg, ea = torch_embed_fns(model, contract, batch_size=args.batch_size, device=device,
                              amp_dtype=amp_dtype, num_workers=args.workers)
-    res, q, r = evaluate_split(eg, ea, split, max_queries=args.max_queries)
+    res, q, r = evaluate_split(eg, ea, split, max_queries=args.max_queries, **versions_kwargs(contract, split))
     name = f"{Path(args.checkpoint).name} on {dataset}/{split_name}"
     print(format_table({name: res}))
     out = args.out or f"{args.checkpoint}.eval-{dataset}-{split_name}.json"

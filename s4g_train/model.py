@@ -34,6 +34,7 @@ class ModelConfig:
     ground_size: tuple[int, int] = (384, 768)  # (H, W) of the ground/drone view fed to the network
     aerial_size: tuple[int, int] = (384, 384)  # (H, W) of the aerial view fed to the network
     polar_aerial: bool = False  # feed the polar-transformed tile (docs/METHOD.md §9) instead of the raw tile (ablation)
+    tile_centres: int = 1  # n > 1: train on tiles re-centred on the camera, search n×n tile centres (METHOD.md §9.1)
     logit_scale_init: float = math.log(1.0 / 0.07)
     drop_path_rate: float = 0.0
 

@@ -35,7 +35,7 @@ from s4g_train import checkpoint as ckpt
 from s4g_train import dist, train_cli
 from s4g_train.budget import TimeBudget
 from s4g_train.config import Config, save_yaml, selection
-from s4g_train.data import ImageStore, PairedTrainDataset, data_contract
+from s4g_train.data import ImageStore, PairedTrainDataset, camera_stage_px, data_contract
 from s4g_train.dataprep import prepare_data
 from s4g_train.device import (
     configure_backends,
@@ -46,7 +46,7 @@ from s4g_train.device import (
     use_device_preprocess,
 )
 from s4g_train.ema import restore_ema
-from s4g_train.evaluate import embed_training_pairs, evaluate_split, subset_split, torch_embed_fns
+from s4g_train.evaluate import embed_training_pairs, evaluate_split, subset_split, torch_embed_fns, versions_kwargs
 from s4g_train.feed import TrainFeed
 from s4g_train.health import monitor_for_run
 from s4g_train.model import S4GModel
@@ -142,7 +142,9 @@ class Trainer:
         self.contract = data_contract(cfg, self.model)  # preprocessing of both views (s4g_engine.preprocess)
         sp, d = self.train_split, cfg.data
         self.dataset = PairedTrainDataset(sp.queries, sp.references, sp.positive, contract=self.contract,
-                                          aug=d.aug, seed=cfg.train.seed, cache=d.cache_images, decode=d.decode)
+                                          aug=d.aug, seed=cfg.train.seed, cache=d.cache_images, decode=d.decode,
+                                          camera_px=camera_stage_px(sp, self.contract)
+                                          if self.contract.aerial.centres > 1 else None)
         self.feed = TrainFeed(self.dataset, device=self.device, num_workers=d.num_workers,  # s4g_train/feed.py
                               persistent_workers=d.persistent_workers, prefetch_factor=d.prefetch_factor,
                               on_device=use_device_preprocess(d.device_preprocess, self.device),
@@ -302,7 +304,7 @@ class Trainer:
                                      stores=self._eval_stores(sp, max_queries),
                                      device_preprocess=self.cfg.data.device_preprocess)
             t0 = time.perf_counter()
-            res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries)
+            res, _, _ = evaluate_split(eg, ea, sp, max_queries=max_queries, **versions_kwargs(self.contract, sp))
             n_img = res["queries"] + res["references"]
             self.eval_img_s = n_img / max(1e-6, time.perf_counter() - t0)
             extra = {"elapsed_s": round(self.elapsed(), 2)} if event == "final" else {}
