@@ -103,16 +103,20 @@ def shift_to_offset(shift: Any, metres_per_px: float) -> np.ndarray:
     return np.stack([-s[..., 0] * metres_per_px, s[..., 1] * metres_per_px], axis=-1)
 
 
-def _check_versions(query_emb: Any, version_emb: Any, n_versions: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _check_versions(query_emb: Any, version_emb: Any, n_versions: int,
+                    keep_fp16: bool = False) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Validated float32 queries and versions (``keep_fp16``, for the core's top-k: a float16 gallery stays
+    float16 and NaN/Inf are left to the core's own check — no per-search copy or scan of the gallery)."""
     q = np.ascontiguousarray(query_emb, np.float32)
-    v = np.ascontiguousarray(version_emb, np.float32)
+    v = np.asarray(version_emb)
+    v = np.ascontiguousarray(v) if keep_fp16 and v.dtype == np.float16 else np.ascontiguousarray(v, np.float32)
     S = int(n_versions)
     if q.ndim != 2 or v.ndim != 2 or q.shape[1] != v.shape[1]:
         raise InputError(f"expected query (Q, d) and version (N·S, d) embeddings with the same d, got {q.shape} "
                          f"and {v.shape}")
     if S < 1 or v.shape[0] % S:
         raise InputError(f"{v.shape[0]} version embeddings are not a whole number of tiles of {S} versions")
-    if not (np.isfinite(q).all() and np.isfinite(v).all()):
+    if not keep_fp16 and not (np.isfinite(q).all() and np.isfinite(v).all()):  # (the core checks its own input)
         raise InputError("embeddings contain NaN or Inf")
     return q, v, S, v.shape[0] // S
 
@@ -161,7 +165,7 @@ def grouped_topk(query_emb: Any, version_emb: Any, n_versions: int, k: int) -> t
     the core's top-``k·S`` over the versions, reduced to tiles."""
     from s4g_engine import topk_similarity  # the compiled core
 
-    q, v, S, N = _check_versions(query_emb, version_emb, n_versions)
+    q, v, S, N = _check_versions(query_emb, version_emb, n_versions, keep_fp16=True)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= N:
         raise InputError(f"k must be an integer in [1, {N}] (the number of tiles), got {k!r}")
     kk = min(int(k) * S, v.shape[0])
