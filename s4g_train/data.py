@@ -357,11 +357,13 @@ class ViewDataset(Dataset):
     ``uint8``: items hold the uint8 HWC stage image instead (the device normalises; non-polar views only).
     ``shifts``: ``(S, 2)`` pixel shifts — the dataset then has ``S`` items per image, image-major (item
     ``b·S + s`` = image ``b`` moved by ``shifts[s]``, :func:`s4g_engine.tile_centres.shift_tile`): the versions
-    of a tile about several centres (docs/METHOD.md §9.1).
+    of a tile about several centres (docs/METHOD.md §9.1). ``image_shifts``: ``(len(paths), 2)`` — one shift per
+    image instead (DSS mining sees each tile re-centred on a camera, as training does).
     """
 
     def __init__(self, paths: Sequence[str], spec: ViewSpec, *, cache: bool = False,
-                 store: ImageStore | None = None, uint8: bool = False, shifts: np.ndarray | None = None) -> None:
+                 store: ImageStore | None = None, uint8: bool = False, shifts: np.ndarray | None = None,
+                 image_shifts: np.ndarray | None = None) -> None:
         self.spec = spec
         if uint8 and spec.polar:
             raise ValueError(f"{spec.name} view: a polar view is normalised in the loader; uint8 items are for "
@@ -371,7 +373,13 @@ class ViewDataset(Dataset):
             self.store = store
         else:
             self.store = ImageStore(paths, spec, cache=cache, desc="decode eval")
+        if shifts is not None and image_shifts is not None:
+            raise ValueError("give shifts (versions of every image) or image_shifts (one per image), not both")
         self.shifts = None if shifts is None else np.asarray(shifts, np.int64).reshape(-1, 2)
+        self.image_shifts = None if image_shifts is None else np.asarray(image_shifts, np.int64).reshape(-1, 2)
+        if self.image_shifts is not None and len(self.image_shifts) != len(self.store):
+            raise ValueError(f"image_shifts must hold one (dr, dc) per image ({len(self.store)}), got "
+                             f"{len(self.image_shifts)}")
         self._fill = fill_colour(spec.mean)
 
     @property
@@ -379,11 +387,16 @@ class ViewDataset(Dataset):
         """Items per image (1 without ``shifts``)."""
         return 1 if self.shifts is None else len(self.shifts)
 
+    @property
+    def shifted(self) -> bool:
+        """Whether items are moved copies of the stored images (no direct batches from the cache then)."""
+        return self.shifts is not None or self.image_shifts is not None
+
     def with_uint8(self, uint8: bool) -> ViewDataset:
         """The same images with the other item type (shares the store)."""
         out = ViewDataset.__new__(ViewDataset)
-        out.spec, out.store, out.uint8, out.shifts, out._fill = self.spec, self.store, bool(uint8), self.shifts, \
-            self._fill
+        out.__dict__.update(self.__dict__)
+        out.uint8 = bool(uint8)
         return out
 
     def __len__(self) -> int:
@@ -391,6 +404,9 @@ class ViewDataset(Dataset):
 
     def stage(self, i: int) -> np.ndarray:
         """The uint8 stage image of item ``i`` (shifted when the dataset has versions)."""
+        if self.image_shifts is not None:
+            dr, dc = self.image_shifts[int(i)]
+            return shift_tile(self.store[int(i)], int(dr), int(dc), self._fill)
         if self.shifts is None:
             return self.store[int(i)]
         b, v = divmod(int(i), len(self.shifts))

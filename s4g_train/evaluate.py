@@ -97,12 +97,16 @@ def embed_training_pairs(model: S4GModel, split: Any, contract: DataContract, id
                          grounds: ImageStore | None = None, aerials: ImageStore | None = None,
                          batch_size: int = 128, device: torch.device | str = "cpu",
                          amp_dtype: torch.dtype | None = None, num_workers: int = 0, progress: bool = True,
-                         device_preprocess: bool | None = None, to_numpy: bool = True) -> tuple[Any, Any, np.ndarray]:
+                         device_preprocess: bool | None = None, to_numpy: bool = True,
+                         camera_px: np.ndarray | None = None) -> tuple[Any, Any, np.ndarray]:
     """Un-augmented embeddings for DSS mining (docs/METHOD.md §4): training queries ``ids`` (None = all) and the
     references they are paired with → ``(q (n, D), r (m, D), pos (n,))``, ``r[pos[i]]`` = query i's positive.
 
     ``grounds`` / ``aerials``: the training dataset's image stores, reused (a cached store serves any subset
-    from RAM). ``to_numpy=False`` leaves the embeddings on the device, for the CUDA top-k.
+    from RAM). ``to_numpy=False`` leaves the embeddings on the device, for the CUDA top-k. ``camera_px`` (per
+    training query, :func:`s4g_train.data.camera_stage_px`; with ``model.tile_centres`` > 1): each tile is
+    embedded re-centred on the camera of the first of these queries it is the positive of — as training shows
+    the tile of the sample that stands for it in the neighbour lists (§9.1), without the jitter.
     """
     q_ids = np.arange(len(split.queries)) if ids is None else np.asarray(ids, np.int64)
     r_ids = np.unique(split.positive[q_ids])
@@ -110,7 +114,12 @@ def embed_training_pairs(model: S4GModel, split: Any, contract: DataContract, id
     every_ref = ids is None and len(r_ids) == len(split.references)
     astore = aerials if every_ref else (aerials.subset(r_ids) if aerials is not None and aerials.cached else None)
     gq = ViewDataset([split.queries[i] for i in q_ids], contract.ground, store=gstore)
-    gr = ViewDataset([split.references[i] for i in r_ids], contract.aerial, store=astore)
+    shifts = None
+    if camera_px is not None:
+        pos = split.positive[q_ids]
+        first = np.unique(pos, return_index=True)[1]  # the first query of each tile, in r_ids order
+        shifts = np.rint(np.asarray(camera_px, np.float64)[q_ids[first]]).astype(np.int64)
+    gr = ViewDataset([split.references[i] for i in r_ids], contract.aerial, store=astore, image_shifts=shifts)
     kw: dict[str, Any] = dict(batch_size=batch_size, device=device, amp_dtype=amp_dtype, num_workers=num_workers,
                               progress=progress, device_preprocess=device_preprocess, to_numpy=to_numpy)
     q = embed_dataset(model, gq, desc="mine ground", **kw)

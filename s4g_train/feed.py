@@ -166,7 +166,7 @@ def view_batches(dataset: ViewDataset, *, batch_size: int, device: torch.device,
             yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), np.asarray(ids)
         return
     norm = DeviceNormaliser(dataset.spec, device)
-    if dataset.store.cached and dataset.versions == 1:
+    if dataset.store.cached and not dataset.shifted:
         for u8, ids in _cached_batches(dataset, batch_size, device):
             yield norm(u8, channels_last), ids
         return

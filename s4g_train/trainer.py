@@ -171,7 +171,7 @@ class Trainer:
                                     aerials=ds.aerials, batch_size=c.eval.batch_size, device=self.device,
                                     amp_dtype=self.amp_dtype, num_workers=c.data.num_workers, progress=self.main,
                                     device_preprocess=c.data.device_preprocess,
-                                    to_numpy=not cuda_search_available(self.device))
+                                    to_numpy=not cuda_search_available(self.device), camera_px=ds.camera_px)
 
     def elapsed(self) -> float:
         """Seconds of the run so far (over resumes), on the configured budget clock."""

@@ -161,3 +161,39 @@ def test_refined_position_by_hand():
     # tile-centre error: √(6² + 9²) = 10.817 m; refined: camera (−6, 9) vs version (−8, 8) → √(2² + 1²) = 2.236 m
     assert res["metre_median_m"] == pytest.approx(math.hypot(6, 9), rel=1e-4)
     assert res["metre_refined_median_m"] == pytest.approx(math.hypot(2, 1), rel=1e-3)
+
+
+def test_dss_mining_embeds_each_tile_recentred_on_its_first_camera(tmp_path):
+    """embed_training_pairs with camera_px: tile t is shown moved by the rounded camera shift of the first
+    training query whose positive it is (the sample that stands for it in the neighbour lists)."""
+    from s4g_engine.tile_centres import fill_colour, shift_tile
+    from s4g_train.data import ViewDataset
+    from s4g_train.evaluate import embed_training_pairs
+
+    rng = np.random.default_rng(5)
+    tiles = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    paths = write_tiles(tmp_path, tiles)
+    split = SimpleNamespace(queries=paths[:1] * 4, references=paths, positive=np.array([2, 0, 2, 1]))
+    cam = np.array([[3.4, -2.6], [1.0, 1.0], [-5.0, 5.0], [0.2, -7.7]])
+    seen = []
+    k = contract(3)
+    import s4g_train.evaluate as E
+
+    orig = E.embed_dataset
+
+    def fake(model, ds, **kw):
+        if isinstance(ds, ViewDataset) and ds.spec.name == "aerial":
+            seen.append(np.stack([ds.stage(i) for i in range(len(ds))]))
+        return np.zeros((len(ds), 4), np.float32)
+
+    E.embed_dataset = fake
+    try:
+        _, _, pos = embed_training_pairs(object(), split, k, camera_px=cam, progress=False)
+    finally:
+        E.embed_dataset = orig
+    fill = fill_colour(MEAN)
+    # tiles in id order 0, 1, 2; their first queries are 1, 3, 0 → shifts (1, 1), (0, −8), (3, −3)
+    want = np.stack([shift_tile(tiles[0], 1, 1, fill), shift_tile(tiles[1], 0, -8, fill),
+                     shift_tile(tiles[2], 3, -3, fill)])
+    np.testing.assert_array_equal(seen[-1], want)
+    np.testing.assert_array_equal(pos, [2, 0, 2, 1])
