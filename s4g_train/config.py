@@ -404,6 +404,14 @@ def validate(cfg: Config) -> None:
                     ("data.aug.dropout_p", a.dropout_p)):
         if not 0.0 <= p <= 1.0:
             bad(f"{name}={p}: must be a probability in [0, 1]")
+    n = cfg.model.tile_centres
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:
+        bad(f"model.tile_centres={n!r}: expected an integer from 1 (tile centre only) to 8")
+    elif n > 1 and not cfg.data.dataset.startswith("vigor"):
+        bad(f"model.tile_centres={n} re-centres tiles on the camera offsets of a VIGOR split; {cfg.data.dataset} "
+            "has its camera at the tile centre — use model.tile_centres=1")
+    elif n > 1 and not cfg.model.polar_aerial and cfg.model.aerial_size[0] != cfg.model.aerial_size[1]:
+        bad(f"model.tile_centres={n} shifts the tile: model.aerial_size={list(cfg.model.aerial_size)} must be square")
     if cfg.model.polar_aerial and a.rotate_p > 0 and cfg.model.aerial_size[1] % 4:
         bad(f"model.aerial_size={list(cfg.model.aerial_size)}: polar width must be divisible by 4 for rot90↔roll")
     if a.rotate_p > 0 and cfg.model.ground_size[1] % 4:

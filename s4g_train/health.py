@@ -131,9 +131,10 @@ def advice_for(cfg: Any, steps_per_epoch: int) -> str:
     parts = [f"Lower the learning rate (optim.lr={o.lr:g}; try 2–4× lower)",
              f"lengthen the warm-up (optim.warmup_epochs={o.warmup_epochs:g} = {warm} of {total} steps; "
              "a few hundred steps, or ~10–20 % of the run)"]
-    if m.polar_aerial and cfg.data.dataset.startswith("vigor"):
+    if m.polar_aerial and cfg.data.dataset.startswith("vigor") and getattr(m, "tile_centres", 1) == 1:
         parts.append("check the input: the polar tile assumes the panorama at the tile centre, which VIGOR's "
-                     "panoramas are not (model.polar_aerial=false; the synthetic-vigor preset)")
+                     "panoramas are not (model.tile_centres=5 re-centres the tiles on the camera, docs/METHOD.md "
+                     "§9.1; the synthetic-vigor preset)")
     else:
         parts.append("check the input (do both views of a pair show the same place? s4g-data check ROOT; "
                      "s4g-viz pair)")

@@ -50,6 +50,9 @@ def test_overrides_are_typed_and_reach_any_field() -> None:
     ("data.aug.flip_p", "1.5", "probability"),
     ("model.ground_size", "[140, 770]", "divisible by 4"),
     ("train.batch_size", "1", "at least 2"),
+    ("model.tile_centres", "0", "model.tile_centres=0: expected an integer from 1"),
+    ("model.tile_centres", "9", "from 1 .tile centre only. to 8"),
+    ("model.tile_centres", "3", "cvusa has its camera at the tile centre"),
 ])
 def test_bad_values_raise_with_a_useful_message(key: str, value: str, msg: str) -> None:
     with pytest.raises(ValueError, match=msg.replace("[", r"\[")):

@@ -107,7 +107,10 @@ def test_advice_names_the_runs_values() -> None:
     cfg = build_config("synthetic", overrides=[("data.dataset", "vigor-same"), ("optim.lr", "0.002")])
     text = advice_for(cfg, steps_per_epoch=31)
     steps = 31 * cfg.train.epochs
-    assert "optim.lr=0.002" in text and f"= 31 of {steps} steps" in text and "model.polar_aerial=false" in text
+    assert "optim.lr=0.002" in text and f"= 31 of {steps} steps" in text and "model.tile_centres=5" in text
+    # a VIGOR run that already re-centres its tiles is not told to
+    centred = build_config("synthetic", overrides=[("data.dataset", "vigor-same"), ("model.tile_centres", "5")])
+    assert "tile_centres" not in advice_for(centred, steps_per_epoch=31)
     plain = advice_for(build_config("synthetic"), steps_per_epoch=75)
     assert "polar" not in plain and "s4g-data check" in plain
     with pytest.raises(ValueError, match="train.collapse"):
