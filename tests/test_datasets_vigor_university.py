@@ -109,6 +109,8 @@ def _edit_row(root: Path, city: str, fname: str, k: int, fn) -> None:
 @pytest.mark.parametrize("edit, err, match", [
     (lambda r: " ".join(r.split()[:12]), MalformedRowError, "13 whitespace-separated"),
     (lambda r: " ".join(r.split()[:2] + ["abc"] + r.split()[3:]), MalformedRowError, "numbers"),
+    (lambda r: " ".join(r.split()[:2] + ["1e308"] + r.split()[3:]), MalformedRowError, "at most 100000 pixels"),
+    (lambda r: " ".join(r.split()[:5] + ["nan"] + r.split()[6:]), MalformedRowError, "finite offsets"),
     (lambda r: " ".join(r.split()[:1] + ["satellite_1.0_2.0.png"] + r.split()[2:]), MalformedRowError,
      "unknown tile"),
     (lambda r: " ".join(["../../x,1,2,.jpg"] + r.split()[1:]), PathEscapeError, "bare file name"),

@@ -45,6 +45,9 @@ CROSS_TRAIN = ("NewYork", "Seattle")
 CROSS_TEST = ("Chicago", "SanFrancisco")
 DEFAULT_METRES_PER_PIXEL = 0.114
 META_FILE = "meta.json"
+#: Largest |pixel offset| a label row may hold: a panorama lies inside its four tiles (VIGOR: ≤ 320 px of a
+#: 640-px tile); far beyond any real tile, it only stops garbage such as 1e308 from becoming a position.
+MAX_DELTA_PX = 100_000.0
 _ROW = "13 whitespace-separated fields: pano pos_sat d0 d1 semi1 d0 d1 semi2 d0 d1 semi3 d0 d1"
 
 
@@ -124,9 +127,11 @@ def _read_label_file(path: Path) -> tuple[list[str], list[list[str]], np.ndarray
             except ValueError:
                 raise MalformedRowError(path, i, line, _ROW + " (offsets must be numbers)") from None
         raise
-    if not np.all(np.isfinite(deltas)):
-        k = int(np.flatnonzero(~np.isfinite(deltas).reshape(len(rows), -1).all(axis=1))[0])
-        raise MalformedRowError(path, rows[k][0], rows[k][1], _ROW + " (finite offsets)")
+    sane = np.isfinite(deltas) & (np.abs(deltas) <= MAX_DELTA_PX)
+    if not np.all(sane):
+        k = int(np.flatnonzero(~sane.reshape(len(rows), -1).all(axis=1))[0])
+        raise MalformedRowError(path, rows[k][0], rows[k][1], _ROW + f" (finite offsets of at most {MAX_DELTA_PX:g} "
+                                "pixels: a panorama lies inside its tiles, |offset| ≤ half the tile side)")
     return panos, sats, deltas, lines
 
 
