@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 OPENVINO_MISSING = ("the OpenVINO backend needs the openvino package: pip install 's4g[openvino]' "
                     "(or pip install openvino), or use backend='onnxruntime'")
-PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ graph's int8 ops, f32 elsewhere
+#: OpenVINO INFERENCE_PRECISION_HINT per s4g precision (s4g_engine.localiser.PRECISIONS names the choices)
+INFERENCE_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ graph's int8 ops, f32 elsewhere
 
 
 def openvino_available() -> bool:
@@ -103,8 +104,8 @@ class OpenVinoEncoder:
     def __init__(self, path: str | os.PathLike[str], *, precision: str = "fp32", threads: int | None = None,
                  static_batches: tuple[int, ...] = (32, 1), compile_now: bool = False) -> None:
         ov = _openvino()
-        if precision not in PRECISIONS:
-            raise InputError(f"OpenVINO precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision not in INFERENCE_HINTS:
+            raise InputError(f"OpenVINO precision must be one of {sorted(INFERENCE_HINTS)}, got {precision!r}")
         self.path = Path(path)
         self.precision = precision
         self.name = f"openvino:{precision}"
@@ -123,7 +124,7 @@ class OpenVinoEncoder:
             raise InputError(f"{self.path}: expected an output named 'embedding'; re-export with s4g-export")
         # Threads: as many as ONNX Runtime would use; one stream (one batch at a time, lowest latency);
         # no pinning, so the decode threads can run beside the encoder without being starved.
-        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "NUM_STREAMS": 1,
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": INFERENCE_HINTS[precision], "NUM_STREAMS": 1,
                                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
