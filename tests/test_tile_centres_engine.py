@@ -423,3 +423,24 @@ def test_cli_build_info_localise_with_centres(world, tmp_path, capsys):
     assert index_main(["build", *common, "--images", str(folder), "--coords", str(tmp_path / "tiles.csv"),
                        "--out", str(tmp_path / "r.npz"), "--ray"]) == 2
     assert "single-process build" in capsys.readouterr().err
+
+
+def test_grouped_topk_on_a_float16_gallery_and_its_bad_input():
+    """A float16 gallery is searched as it is (no float32 copy): same tiles and versions as the float64 reference
+    on values exact in float16; NaN in it or a wrong row count is still a clear error."""
+    from s4g_engine.tile_centres import grouped_topk
+
+    rng = np.random.default_rng(21)
+    N, S, d = 12, 4, 8
+    v = (rng.integers(-4, 5, (N * S, d)) / 4).astype(np.float16)
+    q = (rng.integers(-4, 5, (5, d)) / 4).astype(np.float32)
+    ref_s, ref_t, ref_v = _ref_topk(q, v.astype(np.float64), S, 5)
+    sc, t, ver = grouped_topk(q, v, S, 5)
+    np.testing.assert_array_equal(t, ref_t)
+    np.testing.assert_array_equal(ver, ref_v)
+    bad = v.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        grouped_topk(q, bad, S, 5)
+    with pytest.raises(InputError, match="whole number of tiles"):
+        grouped_topk(q, v[:-1], S, 5)
